@@ -1,0 +1,283 @@
+//! Appending: batch framing, rotation, group commit and poisoning.
+//!
+//! Invariants:
+//! - a batch is written with one `write_all_at`, entirely inside one segment, and only
+//!   its last frame has `batch_left == 0`;
+//! - `Writer::durable_offset` only grows within a segment and is always at a batch boundary
+//!   (it is captured under the writer lock, between batches);
+//! - after the first failed write or fsync nothing is written or acknowledged again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::format::{
+    self, FRAME_HEADER_BYTES, FrameHeader, HEADER_BYTES, SegmentHeader, TRAILER_BYTES, Trailer,
+};
+use super::{Appended, LogError, Lsn, Position, Segment, SegmentState, Shared};
+use crate::io::{OpenMode, VfsFile, child};
+
+pub(crate) struct Writer {
+    pub(crate) file: Arc<dyn VfsFile>,
+    /// Base LSN of the active segment.
+    pub(crate) base: Lsn,
+    /// Where the next frame goes.
+    pub(crate) offset: u64,
+    pub(crate) next_lsn: Lsn,
+    /// Bytes of the active segment covered by a completed fsync.
+    pub(crate) durable_offset: u64,
+    /// Reused encoding buffer.
+    pub(crate) buf: Vec<u8>,
+}
+
+pub(crate) struct SyncState {
+    /// One past the last LSN known durable.
+    pub(crate) durable_end: Lsn,
+    /// A leader is inside `fdatasync` now.
+    syncing: bool,
+}
+
+impl SyncState {
+    pub(crate) fn new(durable_end: Lsn) -> Self {
+        Self {
+            durable_end,
+            syncing: false,
+        }
+    }
+}
+
+pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<Appended, LogError> {
+    let options = &shared.options;
+    let mut batch_bytes = 0u64;
+    for (index, payload) in payloads.iter().enumerate() {
+        let len = payload.as_ref().len();
+        if len == 0 {
+            return Err(LogError::EmptyRecord {
+                index,
+                max: options.record_bytes_max,
+            });
+        }
+        if len > options.record_bytes_max as usize {
+            return Err(LogError::RecordTooLarge {
+                index,
+                len,
+                max: options.record_bytes_max,
+            });
+        }
+        batch_bytes += (FRAME_HEADER_BYTES + len) as u64;
+    }
+    if payloads.len() > options.batch_records_max || batch_bytes > options.batch_bytes_max {
+        return Err(LogError::BatchTooLarge {
+            records: payloads.len(),
+            bytes: batch_bytes,
+            records_max: options.batch_records_max,
+            bytes_max: options.batch_bytes_max,
+        });
+    }
+
+    let appended = {
+        let mut guard = shared.writer.lock();
+        let w = &mut *guard;
+        shared.poison.check()?;
+        if payloads.is_empty() {
+            return Ok(Appended {
+                first_lsn: w.next_lsn,
+                positions: Vec::new(),
+            });
+        }
+        let segment_full =
+            w.offset + batch_bytes + TRAILER_BYTES as u64 > options.segment_bytes_max;
+        if segment_full && w.offset > HEADER_BYTES as u64 {
+            rotate(shared, w)?;
+        }
+        w.buf.clear();
+        let first_lsn = w.next_lsn;
+        let mut positions = Vec::with_capacity(payloads.len());
+        let durable = u32::try_from(w.durable_offset).expect("segments are below 4 GiB");
+        for (i, payload) in payloads.iter().enumerate() {
+            let payload = payload.as_ref();
+            positions.push(Position {
+                segment: w.base,
+                offset: w.offset + w.buf.len() as u64,
+            });
+            let header = FrameHeader {
+                len: payload.len() as u32,
+                lsn: first_lsn + i as Lsn,
+                durable,
+                batch_left: (payloads.len() - 1 - i) as u32,
+            };
+            format::encode_frame(&mut w.buf, header, payload);
+        }
+        debug_assert_eq!(w.buf.len() as u64, batch_bytes);
+        if let Err(source) = w.file.write_all_at(&w.buf, w.offset) {
+            let path = child(&shared.dir, &format::segment_file_name(w.base));
+            shared
+                .poison
+                .set(format!("write to {} failed: {source}", path.display()));
+            return Err(LogError::Io {
+                op: "write",
+                path,
+                source,
+            });
+        }
+        w.offset += batch_bytes;
+        w.next_lsn += payloads.len() as Lsn;
+        shared.stats.appends.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .records
+            .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        let mut view = shared.view.write();
+        view.end_lsn = w.next_lsn;
+        view.active_end = w.offset;
+        Appended {
+            first_lsn,
+            positions,
+        }
+    };
+    Ok(appended)
+}
+
+/// Block until every LSN below `end` is durable, fsyncing as the group's leader if no
+/// fsync is under way. One fsync covers every batch written before it started.
+pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
+    let mut state = shared.sync.lock();
+    loop {
+        if state.durable_end >= end {
+            return Ok(());
+        }
+        shared.poison.check()?;
+        if state.syncing {
+            shared.synced.wait(&mut state);
+            continue;
+        }
+        state.syncing = true;
+        drop(state);
+        let result = sync_active(shared);
+        state = shared.sync.lock();
+        state.syncing = false;
+        if let Ok(synced_end) = result {
+            state.durable_end = state.durable_end.max(synced_end);
+        }
+        shared.synced.notify_all();
+        result?;
+    }
+}
+
+/// fsync the active segment; returns the LSN end it made durable.
+fn sync_active(shared: &Shared) -> Result<Lsn, LogError> {
+    let (file, base, offset, end) = {
+        let w = shared.writer.lock();
+        (Arc::clone(&w.file), w.base, w.offset, w.next_lsn)
+    };
+    shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    if let Err(source) = file.sync_data() {
+        let path = child(&shared.dir, &format::segment_file_name(base));
+        shared
+            .poison
+            .set(format!("fsync of {} failed: {source}", path.display()));
+        return Err(LogError::Io {
+            op: "fsync",
+            path,
+            source,
+        });
+    }
+    let mut w = shared.writer.lock();
+    if w.base == base {
+        w.durable_offset = w.durable_offset.max(offset);
+    }
+    Ok(end)
+}
+
+/// Seal the active segment (trailer, fsync) and start the next one (header, fsync, directory
+/// fsync). Any failure poisons the writer.
+fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
+    let old_path = child(&shared.dir, &format::segment_file_name(w.base));
+    let new_base = w.next_lsn;
+    let new_path = child(&shared.dir, &format::segment_file_name(new_base));
+    let fail = |op: &'static str, path: &std::path::Path, source: std::io::Error| {
+        shared
+            .poison
+            .set(format!("{op} of {} failed: {source}", path.display()));
+        LogError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let trailer = format::encode_trailer(Trailer {
+        next_lsn: new_base,
+        records_end: w.offset,
+    });
+    w.file
+        .write_all_at(&trailer, w.offset)
+        .map_err(|e| fail("write", &old_path, e))?;
+    w.file
+        .sync_data()
+        .map_err(|e| fail("fsync", &old_path, e))?;
+    let records_end = w.offset;
+
+    let file = shared
+        .vfs
+        .open_file(&new_path, OpenMode::CreateNew)
+        .map_err(|e| fail("create", &new_path, e))?;
+    let header = format::encode_header(SegmentHeader { base_lsn: new_base });
+    file.write_all_at(&header, 0)
+        .map_err(|e| fail("write", &new_path, e))?;
+    file.sync_data().map_err(|e| fail("fsync", &new_path, e))?;
+    shared
+        .vfs
+        .sync_dir(&shared.dir)
+        .map_err(|e| fail("fsync directory", &shared.dir, e))?;
+
+    {
+        let mut sync = shared.sync.lock();
+        sync.durable_end = sync.durable_end.max(new_base);
+        shared.synced.notify_all();
+    }
+    {
+        let mut view = shared.view.write();
+        let last = view.segments.len() - 1;
+        view.segments[last] = Arc::new(Segment {
+            base: w.base,
+            path: old_path,
+            state: SegmentState::Sealed {
+                next_lsn: new_base,
+                records_end,
+                map: Default::default(),
+            },
+        });
+        view.segments.push(Arc::new(Segment {
+            base: new_base,
+            path: new_path,
+            state: SegmentState::Active {
+                file: Arc::clone(&file),
+            },
+        }));
+        view.active_end = HEADER_BYTES as u64;
+    }
+    w.file = file;
+    w.base = new_base;
+    w.offset = HEADER_BYTES as u64;
+    w.durable_offset = HEADER_BYTES as u64;
+    Ok(())
+}
+
+/// The background thread of `Durability::Interval`: fsync whatever was written, every
+/// `interval_ms`, until the log closes or is poisoned.
+pub(crate) fn spawn_flusher(shared: Arc<Shared>, interval_ms: u64) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("fsdb-log-flusher".into())
+        .spawn(move || {
+            while !shared.closing.load(Ordering::Acquire) {
+                std::thread::park_timeout(Duration::from_millis(interval_ms));
+                let end = shared.view.read().end_lsn;
+                if wait_durable(&shared, end).is_err() {
+                    // Poisoned: appends report it; nothing more to do here.
+                    return;
+                }
+            }
+        })
+        .expect("spawning the log flusher thread")
+}

@@ -1,0 +1,349 @@
+//! The state store: RocksDB holding what the engine derives from the log, committed in
+//! atomic batches together with the LSN it covers.
+//!
+//! Tables are RocksDB column families. Keys are built with [`key`] (big-endian, so byte
+//! order is numeric order); values are stored with a CRC-32 in front of them and checked on
+//! every read. `applied_lsn` lives in the `meta` table and is only ever written inside the
+//! same [`StateBatch`] as the state it describes.
+//!
+//! The state store is a cache of a fold over the log: it is written without its own fsync
+//! (RocksDB's WAL makes each batch atomic; a lost tail of batches is recovered by replaying
+//! the log from the `applied_lsn` that survived).
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::Lsn;
+
+pub mod key;
+
+/// The tables of the state store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Small named values: `applied_lsn`, the format version, the catalog.
+    Meta,
+    /// The engine's entity-ordered event rows.
+    Events,
+    /// Accepted event ids, for duplicate detection across restarts.
+    Dedup,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Meta, Table::Events, Table::Dedup];
+
+    fn cf_name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Events => "events",
+            Table::Dedup => "dedup",
+        }
+    }
+}
+
+const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+const FORMAT_KEY: &[u8] = b"state_format";
+/// Bumped whenever the meaning of any key or value changes; a mismatch asks for a rebuild.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+const CHECKSUM_BYTES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}: {source}")]
+    Rocks {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("state store {path}: value of {table:?} key {key:02x?} is corrupt ({reason})")]
+    Corrupt {
+        path: PathBuf,
+        table: Table,
+        key: Vec<u8>,
+        reason: &'static str,
+    },
+    #[error(
+        "state store {path} has format version {found}, this build reads {expected}; rebuild it with `fsdb replay`"
+    )]
+    Format {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+}
+
+/// Sizes of RocksDB's memory, named with units.
+#[derive(Clone, Debug)]
+pub struct StateOptions {
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 32 << 20,
+        }
+    }
+}
+
+/// An open state store.
+pub struct StateStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Writes to commit atomically, with the LSN they bring the state up to.
+pub struct StateBatch<'a> {
+    store: &'a StateStore,
+    batch: WriteBatch,
+    applied_lsn: Option<Lsn>,
+}
+
+impl std::fmt::Debug for StateBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateBatch")
+            .field("writes", &self.batch.len())
+            .field("applied_lsn", &self.applied_lsn)
+            .finish()
+    }
+}
+
+fn seal(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHECKSUM_BYTES + value.len());
+    out.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+impl StateStore {
+    pub fn open(path: &Path, options: &StateOptions) -> Result<StateStore, StateError> {
+        let rocks = |source| StateError::Rocks {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_open_files(256);
+        db_options.set_keep_log_file_num(2);
+        db_options.increase_parallelism(2);
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let families = Table::ALL.map(|table| {
+            let mut cf = Options::default();
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            block.set_bloom_filter(10.0, false);
+            cf.set_block_based_table_factory(&block);
+            cf.set_write_buffer_size(options.write_buffer_bytes);
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(table.cf_name(), cf)
+        });
+        let db = DB::open_cf_descriptors(&db_options, path, families).map_err(rocks)?;
+        let store = StateStore {
+            db,
+            path: path.to_path_buf(),
+        };
+        match store.get(Table::Meta, FORMAT_KEY)? {
+            None => {
+                let mut batch = store.batch();
+                batch.put(Table::Meta, FORMAT_KEY, &STATE_FORMAT_VERSION.to_le_bytes());
+                store.commit(batch)?;
+            }
+            Some(bytes) => {
+                let found = bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| {
+                        store.corrupt(Table::Meta, FORMAT_KEY, "format version is not 4 bytes")
+                    })?;
+                if found != STATE_FORMAT_VERSION {
+                    return Err(StateError::Format {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: STATE_FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(table.cf_name())
+            .expect("every table's column family is created at open")
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StateError {
+        StateError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, table: Table, key: &[u8], reason: &'static str) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            table,
+            key: key.to_vec(),
+            reason,
+        }
+    }
+
+    fn unseal(&self, table: Table, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, StateError> {
+        if stored.len() < CHECKSUM_BYTES {
+            return Err(self.corrupt(table, key, "value shorter than its checksum"));
+        }
+        let (crc, value) = stored.split_at(CHECKSUM_BYTES);
+        if u32::from_le_bytes(crc.try_into().expect("4 bytes")) != crc32fast::hash(value) {
+            return Err(self.corrupt(table, key, "checksum mismatch"));
+        }
+        Ok(value.to_vec())
+    }
+
+    /// The LSN through which the state reflects the log (0: nothing applied).
+    pub fn applied_lsn(&self) -> Result<Lsn, StateError> {
+        match self.get(Table::Meta, APPLIED_LSN_KEY)? {
+            None => Ok(0),
+            Some(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| {
+                    self.corrupt(Table::Meta, APPLIED_LSN_KEY, "applied_lsn is not 8 bytes")
+                }),
+        }
+    }
+
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(table), key)
+            .map_err(|e| self.rocks(e))?
+        {
+            None => Ok(None),
+            Some(stored) => Ok(Some(self.unseal(table, key, &stored)?)),
+        }
+    }
+
+    /// Every (key, value) of `table` whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        table: Table,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StateError>> + 'a {
+        let mut read = ReadOptions::default();
+        read.set_verify_checksums(true);
+        if let Some(upper) = key::prefix_successor(prefix) {
+            read.set_iterate_upper_bound(upper);
+        }
+        self.db
+            .iterator_cf_opt(
+                self.cf(table),
+                read,
+                IteratorMode::From(prefix, Direction::Forward),
+            )
+            .map(move |item| {
+                let (key, stored) = item.map_err(|e| self.rocks(e))?;
+                let value = self.unseal(table, &key, &stored)?;
+                Ok((key, value))
+            })
+    }
+
+    pub fn batch(&self) -> StateBatch<'_> {
+        StateBatch {
+            store: self,
+            batch: WriteBatch::default(),
+            applied_lsn: None,
+        }
+    }
+
+    /// Apply every write of `batch` atomically (and its `applied_lsn`, if set).
+    pub fn commit(&self, mut batch: StateBatch<'_>) -> Result<(), StateError> {
+        assert!(
+            std::ptr::eq(batch.store, self),
+            "a batch commits to the store that made it"
+        );
+        if let Some(lsn) = batch.applied_lsn {
+            batch.batch.put_cf(
+                self.cf(Table::Meta),
+                APPLIED_LSN_KEY,
+                seal(&lsn.to_le_bytes()),
+            );
+        }
+        let mut write = WriteOptions::default();
+        // The log is the durable record; see the module documentation.
+        write.set_sync(false);
+        self.db
+            .write_opt(batch.batch, &write)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Flush memtables and the WAL to disk (at close, and before a state directory swap).
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
+        for table in Table::ALL {
+            self.db
+                .flush_cf(self.cf(table))
+                .map_err(|e| self.rocks(e))?;
+        }
+        Ok(())
+    }
+
+    /// Approximate bytes on disk (SST files) plus memtables.
+    pub fn size_bytes(&self) -> u64 {
+        let mut total = 0;
+        for table in Table::ALL {
+            for property in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(table), property) {
+                    total += v;
+                }
+            }
+        }
+        total
+    }
+}
+
+impl StateBatch<'_> {
+    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(table), key, seal(value));
+    }
+
+    pub fn delete(&mut self, table: Table, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(table), key);
+    }
+
+    pub fn set_applied_lsn(&mut self, lsn: Lsn) {
+        self.applied_lsn = Some(lsn);
+    }
+
+    /// How many writes the batch holds (not counting `applied_lsn`).
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.applied_lsn.is_none()
+    }
+}

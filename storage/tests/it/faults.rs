@@ -1,0 +1,97 @@
+//! Injected I/O failures (EIO, ENOSPC, short write) on every kind of write-path operation,
+//! once and persistently: the failing append is not acknowledged, the writer is poisoned
+//! (later appends fail, reads keep working), and after a restart every acknowledged
+//! record is present and the failed batch is wholly present or wholly absent.
+
+use fsdb_storage::io::sim::{Damage, Fault, FaultKind, OpKind, SimVfs};
+use fsdb_storage::{Durability, LogError};
+
+use crate::common::{open_sim, read_all, script, small_options};
+
+#[test]
+fn failures_poison_and_lose_nothing_acknowledged() {
+    let batches = script(3, 25);
+    let flat: Vec<Vec<u8>> = batches.iter().flatten().cloned().collect();
+    let mut failures_seen = 0;
+    for op in [
+        OpKind::Write,
+        OpKind::SyncData,
+        OpKind::Create,
+        OpKind::SyncDir,
+    ] {
+        for kind in [FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite] {
+            if kind == FaultKind::ShortWrite && op != OpKind::Write {
+                continue;
+            }
+            for nth in 1..=6 {
+                for persistent in [false, true] {
+                    let context =
+                        format!("{op:?} #{nth} fails with {kind:?} (persistent: {persistent})");
+                    let vfs = SimVfs::new();
+                    let log = open_sim(&vfs, small_options(Durability::Sync)).unwrap();
+                    // Faults count from now, after the open.
+                    vfs.inject(Fault {
+                        op,
+                        nth,
+                        persistent,
+                        kind,
+                    });
+                    let mut acknowledged = 0;
+                    let mut failed = None;
+                    for (i, batch) in batches.iter().enumerate() {
+                        match log.append(batch) {
+                            Ok(_) => acknowledged += batch.len(),
+                            Err(e) => {
+                                failed = Some((i, e));
+                                break;
+                            }
+                        }
+                    }
+                    let Some((failed_batch, error)) = failed else {
+                        // Too few operations of this kind happened for the fault to fire.
+                        continue;
+                    };
+                    failures_seen += 1;
+                    assert!(matches!(error, LogError::Io { .. }), "{context}: {error}");
+                    assert!(log.poisoned().is_some(), "{context}: not poisoned");
+                    let again = log.append(&[b"more".as_slice()]).unwrap_err();
+                    assert!(
+                        matches!(again, LogError::Poisoned { .. }),
+                        "{context}: {again}"
+                    );
+                    assert!(log.durable_lsn() <= acknowledged as u64 + 1, "{context}");
+                    // Reads keep working for what was acknowledged.
+                    let records = read_all(&log).unwrap();
+                    assert!(records.len() >= acknowledged, "{context}");
+                    drop(log);
+
+                    // Restart: without a crash (the page cache survives), and after power loss.
+                    vfs.clear_faults();
+                    for image in [
+                        vfs.crash_image(Damage::TornLastWrite),
+                        vfs.crash_image(Damage::DropUnsynced),
+                    ] {
+                        let log = open_sim(&image, small_options(Durability::Sync))
+                            .unwrap_or_else(|e| panic!("{context}: {e}"));
+                        let records = read_all(&log).unwrap();
+                        let with_failed = acknowledged + batches[failed_batch].len();
+                        assert!(
+                            records.len() == acknowledged || records.len() == with_failed,
+                            "{context}: {} records after restart, acknowledged {acknowledged}",
+                            records.len()
+                        );
+                        for (i, (_, payload)) in records.iter().enumerate() {
+                            assert_eq!(payload, &flat[i], "{context}");
+                        }
+                        log.verify().unwrap();
+                        log.append(&[b"after restart".as_slice()]).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures_seen > 40,
+        "only {failures_seen} injected failures fired"
+    );
+}

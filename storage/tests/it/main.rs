@@ -1,0 +1,10 @@
+//! The storage crate's integration tests: one binary, a module per property.
+
+mod common;
+mod concurrency;
+mod damage;
+mod faults;
+mod fuzz_corpus;
+mod lock;
+mod power_loss;
+mod round_trip;
