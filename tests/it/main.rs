@@ -1,0 +1,8 @@
+//! fsdb's integration tests: one binary, a module per property.
+
+mod agg_laws;
+mod bad_input;
+mod bounded_work;
+mod differential;
+mod edge_cases;
+mod reference;
