@@ -13,9 +13,10 @@
 //!   LSN); applying an entry twice changes nothing. This is what makes checkpoints that
 //!   race with ingest, and replays that overlap them, correct.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,13 +26,17 @@ use fsdb_storage::state::key::{KeyBuf, KeyReader};
 use fsdb_storage::state::{StateOptions, StateStore, Table};
 use fsdb_storage::{Durability, Log, LogOptions, Lsn};
 use parking_lot::{Condvar, Mutex, RwLock};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventLimits, LogEntry, check_event, event_from_json};
+use crate::event::{
+    Event, EventLimits, LogEntry, LogEntryRef, RowChunk, check_event, event_from_json,
+};
 use crate::time::{Clock, SystemClock};
 use crate::value::{FieldType, Value};
 
+pub(crate) mod chunk;
 pub(crate) mod entity;
 pub(crate) mod feature;
 pub(crate) mod page;
@@ -141,7 +146,22 @@ pub(crate) struct FeatureSet {
     pub(crate) version: u64,
 }
 
-type EntitySlot = Arc<Mutex<Option<EntityRun>>>;
+/// An entity's run in memory, and which of its events are not yet in the state store.
+pub(crate) struct EntityState {
+    pub(crate) run: EntityRun,
+    /// (time, LSN) of events applied since the entity's last checkpoint.
+    unpersisted: Vec<(i64, Lsn)>,
+}
+
+/// `None` while the entity is being loaded from the state store.
+pub(crate) type EntitySlot = Arc<Mutex<Option<EntityState>>>;
+
+/// An entity with unpersisted events, for the next checkpoint.
+struct Dirty {
+    stream: Arc<StreamState>,
+    name: Box<str>,
+    slot: EntitySlot,
+}
 
 /// A registered stream and the in-memory state of its entities.
 pub(crate) struct StreamState {
@@ -151,7 +171,7 @@ pub(crate) struct StreamState {
     pub(crate) strings: StringTable,
     pub(crate) features: RwLock<FeatureSet>,
     /// Entities present in memory (`None` while being loaded).
-    entities: Vec<RwLock<HashMap<Box<str>, EntitySlot>>>,
+    entities: Vec<RwLock<FxHashMap<Box<str>, EntitySlot>>>,
 }
 
 /// Streams and features by name.
@@ -160,7 +180,7 @@ pub(crate) struct Registry {
     pub(crate) catalog: Catalog,
     pub(crate) streams: Vec<Arc<StreamState>>,
     /// Feature name -> (stream index, slot in the stream's feature set).
-    pub(crate) features: HashMap<String, (usize, usize)>,
+    pub(crate) features: FxHashMap<String, (usize, usize)>,
     /// The catalog changed since the last checkpoint.
     catalog_dirty: bool,
 }
@@ -211,11 +231,17 @@ impl AppliedTracker {
     }
 }
 
-/// Applied events not yet written to RocksDB.
+/// What applying one batch of entries leaves for the checkpointer.
 #[derive(Default)]
-struct Pending {
-    rows: Vec<(Vec<u8>, Vec<u8>)>,
-    ids: Vec<(Vec<u8>, Vec<u8>)>,
+struct Applied {
+    /// Entities that got their first unpersisted event.
+    newly_dirty: Vec<Dirty>,
+    /// Hashes of the accepted ids.
+    ids: Vec<u128>,
+    /// Events inserted.
+    events: usize,
+    /// Reused buffer for an event's cells.
+    cells: Vec<Option<u64>>,
 }
 
 pub(crate) struct Inner {
@@ -226,9 +252,16 @@ pub(crate) struct Inner {
     pub(crate) state: StateStore,
     pub(crate) registry: RwLock<Registry>,
     /// Hashes of accepted event ids; the lock also orders dedup decisions with log writes.
-    ingest: Mutex<HashSet<u128>>,
+    ingest: Mutex<FxHashSet<u128>>,
     applied: AppliedTracker,
-    pending: Mutex<Pending>,
+    /// Entities with events not yet in the state store.
+    dirty: Mutex<Vec<Dirty>>,
+    /// Id hashes not yet in the state store.
+    pending_ids: Mutex<Vec<u128>>,
+    /// Events applied since the last checkpoint (triggers the next one).
+    unpersisted_events: AtomicUsize,
+    /// The key of the next dedup chunk.
+    next_id_chunk: AtomicU64,
     checkpointing: Mutex<()>,
     wake: Condvar,
     shutdown: Mutex<bool>,
@@ -242,13 +275,12 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
-/// `stream · entity · time · lsn` — the key of an event row in the `events` table.
-fn row_key(stream: u32, entity: &str, time: i64, lsn: Lsn) -> Vec<u8> {
+/// `stream · entity · first LSN` — the key of a chunk of an entity's rows.
+fn chunk_key(stream: u32, entity: &str, first_lsn: Lsn) -> Vec<u8> {
     KeyBuf::new()
         .u32(stream)
         .bytes(entity.as_bytes())
-        .i64(time)
-        .u64(lsn)
+        .u64(first_lsn)
         .into_vec()
 }
 
@@ -259,12 +291,11 @@ fn entity_prefix(stream: u32, entity: &str) -> Vec<u8> {
         .into_vec()
 }
 
-fn dedup_key(stream: u32, id: &str) -> Vec<u8> {
-    KeyBuf::new().u32(stream).bytes(id.as_bytes()).into_vec()
-}
-
-fn dedup_hash(key: &[u8]) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(key)
+/// The identity of an accepted event id: a 128-bit hash of (stream, id). Collisions among
+/// 10^10 ids have probability below 10^-18.
+fn dedup_hash(stream: u32, id: &str) -> u128 {
+    let key = KeyBuf::new().u32(stream).bytes(id.as_bytes()).into_vec();
+    xxhash_rust::xxh3::xxh3_128(&key)
 }
 
 impl StreamState {
@@ -279,29 +310,27 @@ impl StreamState {
                 version: 0,
             }),
             entities: (0..ENTITY_SHARDS)
-                .map(|_| RwLock::new(HashMap::new()))
+                .map(|_| RwLock::new(FxHashMap::default()))
                 .collect(),
         }
     }
 
-    fn shard(&self, entity: &str) -> &RwLock<HashMap<Box<str>, EntitySlot>> {
+    fn shard(&self, entity: &str) -> &RwLock<FxHashMap<Box<str>, EntitySlot>> {
         let hash = xxhash_rust::xxh3::xxh3_64(entity.as_bytes());
         &self.entities[(hash % ENTITY_SHARDS as u64) as usize]
     }
 
-    /// The raw cells of an event's values (interning strings).
-    fn cells(&self, values: &[Value]) -> Vec<Option<u64>> {
-        values
-            .iter()
-            .map(|v| match v {
-                Value::Null => None,
-                Value::Int(i) => Some(*i as u64),
-                Value::Float(f) => Some(f.to_bits()),
-                Value::String(s) => Some(u64::from(self.strings.intern(s).0)),
-                Value::Bool(b) => Some(u64::from(*b)),
-                Value::List(_) => unreachable!("events carry no lists"),
-            })
-            .collect()
+    /// The raw cells of an event's values (interning strings), into `cells`.
+    fn cells(&self, values: &[Value], cells: &mut Vec<Option<u64>>) {
+        cells.clear();
+        cells.extend(values.iter().map(|v| match v {
+            Value::Null => None,
+            Value::Int(i) => Some(*i as u64),
+            Value::Float(f) => Some(f.to_bits()),
+            Value::String(s) => Some(u64::from(self.strings.intern(s).0)),
+            Value::Bool(b) => Some(u64::from(*b)),
+            Value::List(_) => unreachable!("events carry no lists"),
+        }));
     }
 
     /// The entity's run, loading it from the state store if needed; with `create`, an
@@ -343,27 +372,38 @@ impl StreamState {
         Ok(())
     }
 
-    /// Read an entity's persisted rows into a run.
-    fn load(&self, name: &str, store: &StateStore) -> Result<EntityRun> {
+    /// Read an entity's persisted chunks into a run. Chunks may overlap after a crash
+    /// between a checkpoint and the next (a replayed event is persisted twice); inserting
+    /// by (time, LSN) drops the repeats.
+    fn load(&self, name: &str, store: &StateStore) -> Result<EntityState> {
         let mut run = EntityRun::new(self.field_types.len());
         let prefix = entity_prefix(self.id, name);
+        let mut cells = Vec::new();
         for item in store.scan_prefix(Table::Events, &prefix) {
             let (key, value) = item?;
-            let bad = |reason: &str| Error::BadStateRow {
+            let chunk: RowChunk = codec::decode(&value).map_err(|e| Error::BadStateRow {
                 key: key.to_vec(),
-                reason: reason.to_owned(),
-            };
-            let mut reader = KeyReader::new(&key[prefix.len()..]);
-            let (Some(time), Some(lsn)) = (reader.i64(), reader.u64()) else {
-                return Err(bad("key is not stream · entity · time · lsn"));
-            };
-            let values: Vec<Value> = codec::decode(&value).map_err(|e| bad(&e.to_string()))?;
-            if values.len() != self.field_types.len() {
-                return Err(bad("wrong number of values"));
+                reason: e.to_string(),
+            })?;
+            for (time, lsn, values) in &chunk.rows {
+                if values.len() != self.field_types.len() {
+                    return Err(Error::BadStateRow {
+                        key: key.to_vec(),
+                        reason: format!(
+                            "a row has {} values for {} fields",
+                            values.len(),
+                            self.field_types.len()
+                        ),
+                    });
+                }
+                self.cells(values, &mut cells);
+                run.insert(*time, *lsn, &cells);
             }
-            run.insert(time, lsn, &self.cells(&values));
         }
-        Ok(run)
+        Ok(EntityState {
+            run,
+            unpersisted: Vec::new(),
+        })
     }
 }
 
@@ -467,16 +507,21 @@ impl Db {
             })?,
             None => Catalog::default(),
         };
-        let mut ids = HashSet::new();
+        let mut ids = FxHashSet::default();
+        let mut next_id_chunk = 0;
         for item in state.scan_prefix(Table::Dedup, &[]) {
-            let (key, _) = item?;
-            ids.insert(dedup_hash(&key));
+            let (key, value) = item?;
+            ids.extend(unpack_ids(&key, &value)?);
+            next_id_chunk = KeyReader::new(&key).u64().map_or(0, |k| k + 1);
         }
         let inner = Arc::new(Inner {
             registry: RwLock::new(Registry::from_catalog(&catalog)),
             ingest: Mutex::new(ids),
             applied: AppliedTracker::new(state_lsn + 1),
-            pending: Mutex::new(Pending::default()),
+            dirty: Mutex::new(Vec::new()),
+            pending_ids: Mutex::new(Vec::new()),
+            unpersisted_events: AtomicUsize::new(0),
+            next_id_chunk: AtomicU64::new(next_id_chunk),
             checkpointing: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: Mutex::new(false),
@@ -578,20 +623,50 @@ impl Db {
         Ok(self.inner.state.applied_lsn()?)
     }
 
-    /// A digest of the persisted state (after a checkpoint): equal digests mean equal event
-    /// rows, dedup ids and catalog. Two databases fed the same log have the same digest.
+    /// A digest of the persisted state (after a checkpoint): equal digests mean the same
+    /// rows for every entity, the same accepted ids and the same catalog, however they were
+    /// chunked. Two databases fed the same log have the same digest.
     pub fn state_digest(&self) -> Result<u64> {
         self.inner.checkpoint()?;
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for table in [Table::Events, Table::Dedup] {
-            hasher.update(format!("{table:?}").as_bytes());
-            for item in self.inner.state.scan_prefix(table, &[]) {
-                let (key, value) = item?;
-                hasher.update(&(key.len() as u64).to_le_bytes());
-                hasher.update(&key);
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(&value);
+        // Rows: chunks of one entity are adjacent in key order; merge them by (time, LSN).
+        let mut entity: Option<Vec<u8>> = None;
+        let mut rows: BTreeMap<(i64, Lsn), Vec<u8>> = BTreeMap::new();
+        let mut flush = |entity: &Option<Vec<u8>>, rows: &mut BTreeMap<(i64, Lsn), Vec<u8>>| {
+            if let Some(prefix) = entity {
+                hasher.update(prefix);
+                for ((time, lsn), values) in std::mem::take(rows) {
+                    hasher.update(&time.to_le_bytes());
+                    hasher.update(&lsn.to_le_bytes());
+                    hasher.update(&values);
+                }
             }
+        };
+        for item in self.inner.state.scan_prefix(Table::Events, &[]) {
+            let (key, value) = item?;
+            let prefix = key[..key.len() - 8].to_vec();
+            if entity.as_ref() != Some(&prefix) {
+                flush(&entity, &mut rows);
+                entity = Some(prefix);
+            }
+            let chunk: RowChunk = codec::decode(&value).map_err(|e| Error::BadStateRow {
+                key: key.to_vec(),
+                reason: e.to_string(),
+            })?;
+            for (time, lsn, values) in chunk.rows {
+                rows.insert((time, lsn), codec::encode(&values).expect("values encode"));
+            }
+        }
+        flush(&entity, &mut rows);
+        let mut ids = Vec::new();
+        for item in self.inner.state.scan_prefix(Table::Dedup, &[]) {
+            let (key, value) = item?;
+            ids.extend(unpack_ids(&key, &value)?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            hasher.update(&id.to_le_bytes());
         }
         hasher.update(
             &serde_json::to_vec(&self.inner.registry.read().catalog).expect("catalog serializes"),
@@ -655,6 +730,23 @@ fn reset_state(state_dir: &Path, options: &StateOptions) -> Result<StateStore> {
     Ok(StateStore::open(state_dir, options)?)
 }
 
+/// A dedup chunk: accepted id hashes, 16 bytes each, little-endian.
+fn pack_ids(ids: &[u128]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+fn unpack_ids<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u128> + 'a> {
+    if value.len() % 16 != 0 {
+        return Err(Error::BadStateRow {
+            key: key.to_vec(),
+            reason: "dedup chunk is not a whole number of 16-byte hashes".into(),
+        });
+    }
+    Ok(value
+        .chunks_exact(16)
+        .map(|b| u128::from_le_bytes(b.try_into().expect("16 bytes"))))
+}
+
 impl Inner {
     pub(crate) fn check_poison(&self) -> Result<()> {
         match &*self.poison.lock() {
@@ -708,7 +800,7 @@ impl Inner {
         Ok(report)
     }
 
-    fn append(&self, stream: &StreamState, events: &[Event]) -> Result<AppendReport> {
+    fn append(&self, stream: &Arc<StreamState>, events: &[Event]) -> Result<AppendReport> {
         self.check_poison()?;
         let max = self.options.limits.batch_events_max;
         if events.len() > max {
@@ -720,38 +812,38 @@ impl Inner {
         if events.is_empty() {
             return Ok(AppendReport::default());
         }
-        let payloads: Vec<Vec<u8>> = events
+        // Encode every entry into one buffer, without copying the events.
+        let mut buffer = Vec::with_capacity(events.len() * 64);
+        let mut ends = Vec::with_capacity(events.len());
+        for e in events {
+            let entry = LogEntryRef::Event {
+                stream: stream.id,
+                entity: &e.entity,
+                time_ms: e.time_ms,
+                id: e.id.as_deref(),
+                values: &e.values,
+            };
+            codec::encode_into(&entry, &mut buffer).expect("log entries encode");
+            ends.push(buffer.len());
+        }
+        let payload = |i: usize| &buffer[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        let hashes: Vec<Option<u128>> = events
             .iter()
-            .map(|e| {
-                codec::encode(&LogEntry::Event {
-                    stream: stream.id,
-                    entity: e.entity.clone(),
-                    time_ms: e.time_ms,
-                    id: e.id.clone(),
-                    values: e.values.clone(),
-                })
-                .expect("log entries encode")
-            })
+            .map(|e| e.id.as_deref().map(|id| dedup_hash(stream.id, id)))
             .collect();
 
         // Decide duplicates and write, in one order.
         let (accepted, first_lsn, end_lsn) = {
             let mut ids = self.ingest.lock();
-            let mut batch_ids = HashSet::new();
+            let mut batch_ids = FxHashSet::default();
             let accepted: Vec<usize> = (0..events.len())
-                .filter(|&i| match &events[i].id {
-                    None => true,
-                    Some(id) => {
-                        let hash = dedup_hash(&dedup_key(stream.id, id));
-                        !ids.contains(&hash) && batch_ids.insert(hash)
-                    }
-                })
+                .filter(|&i| hashes[i].is_none_or(|h| !ids.contains(&h) && batch_ids.insert(h)))
                 .collect();
             if accepted.is_empty() {
                 let end = self.log.end_lsn();
                 (accepted, end, end)
             } else {
-                let batch: Vec<&[u8]> = accepted.iter().map(|&i| payloads[i].as_slice()).collect();
+                let batch: Vec<&[u8]> = accepted.iter().map(|&i| payload(i)).collect();
                 let appended = self.log.write(&batch)?;
                 ids.extend(batch_ids);
                 (accepted, appended.first_lsn, appended.end_lsn())
@@ -761,24 +853,25 @@ impl Inner {
         if self.options.durability == Durability::Sync {
             self.log.wait_durable(end_lsn)?;
         }
-        let mut rows = Pending::default();
+        let mut applied = Applied::default();
         for (offset, &i) in accepted.iter().enumerate() {
             let event = &events[i];
             let lsn = first_lsn + offset as Lsn;
-            if let Err(e) = self.apply_event(
+            let result = self.apply_event(
                 stream,
                 lsn,
                 &event.entity,
                 event.time_ms,
-                event.id.as_deref(),
+                hashes[i],
                 &event.values,
-                &mut rows,
-            ) {
+                &mut applied,
+            );
+            if let Err(e) = result {
                 self.poison_with(&e);
                 return Err(e);
             }
         }
-        self.queue_for_checkpoint(rows);
+        self.hand_over(applied);
         self.applied.complete(first_lsn, end_lsn);
         // Read-your-writes also for duplicates of events another append is applying.
         self.applied.wait_for(end_lsn);
@@ -789,7 +882,7 @@ impl Inner {
     }
 
     /// **The one apply.** Turn one log entry into state.
-    fn apply_entry(&self, lsn: Lsn, entry: LogEntry, rows: &mut Pending) -> Result<()> {
+    fn apply_entry(&self, lsn: Lsn, entry: LogEntry, applied: &mut Applied) -> Result<()> {
         match entry {
             LogEntry::Definitions(definitions) => {
                 let mut registry = self.registry.write();
@@ -804,66 +897,73 @@ impl Inner {
                 id,
                 values,
             } => {
-                let stream = Arc::clone(
-                    self.registry
-                        .read()
-                        .streams
-                        .get(stream as usize)
-                        .ok_or_else(|| Error::BadRecord {
-                            lsn,
-                            source: codec::CodecError::TrailingBytes { trailing: 0 },
-                        })?,
-                );
-                self.apply_event(&stream, lsn, &entity, time_ms, id.as_deref(), &values, rows)
+                let Some(state) = self.registry.read().streams.get(stream as usize).cloned() else {
+                    return Err(Error::BadRecord {
+                        lsn,
+                        source: codec::CodecError::TrailingBytes { trailing: 0 },
+                    });
+                };
+                let hash = id.as_deref().map(|id| dedup_hash(stream, id));
+                self.apply_event(&state, lsn, &entity, time_ms, hash, &values, applied)
             }
         }
     }
 
-    /// Insert one event into its entity's run and queue its row (and id) for the next
-    /// checkpoint. Idempotent: an event already present changes nothing.
+    /// Insert one event into its entity's run and remember it for the next checkpoint.
+    /// Idempotent: an event already present changes nothing.
     #[allow(
         clippy::too_many_arguments,
         reason = "the fields of one event, borrowed"
     )]
     fn apply_event(
         &self,
-        stream: &StreamState,
+        stream: &Arc<StreamState>,
         lsn: Lsn,
         entity: &str,
         time_ms: i64,
-        id: Option<&str>,
+        id_hash: Option<u128>,
         values: &[Value],
-        rows: &mut Pending,
+        applied: &mut Applied,
     ) -> Result<()> {
-        let cells = stream.cells(values);
+        stream.cells(values, &mut applied.cells);
         let slot = stream
             .entity(entity, &self.state, true)?
             .expect("created on demand");
-        let inserted = slot
-            .lock()
-            .as_mut()
-            .expect("loaded")
-            .insert(time_ms, lsn, &cells);
-        if inserted {
-            let value = codec::encode(values).expect("values encode");
-            rows.rows
-                .push((row_key(stream.id, entity, time_ms, lsn), value));
+        {
+            let mut guard = slot.lock();
+            let state = guard.as_mut().expect("loaded");
+            if state.run.insert(time_ms, lsn, &applied.cells) {
+                if state.unpersisted.is_empty() {
+                    applied.newly_dirty.push(Dirty {
+                        stream: Arc::clone(stream),
+                        name: entity.into(),
+                        slot: Arc::clone(&slot),
+                    });
+                }
+                state.unpersisted.push((time_ms, lsn));
+                applied.events += 1;
+            }
         }
-        if let Some(id) = id {
-            rows.ids
-                .push((dedup_key(stream.id, id), lsn.to_le_bytes().to_vec()));
+        if let Some(hash) = id_hash {
+            applied.ids.push(hash);
         }
         Ok(())
     }
 
-    fn queue_for_checkpoint(&self, rows: Pending) {
-        let due = {
-            let mut pending = self.pending.lock();
-            pending.rows.extend(rows.rows);
-            pending.ids.extend(rows.ids);
-            pending.rows.len() >= self.options.checkpoint_events
-        };
-        if due {
+    /// Give what a batch applied to the checkpointer (before the batch is marked applied:
+    /// a checkpoint that sees the batch's LSNs applied also sees its rows).
+    fn hand_over(&self, applied: Applied) {
+        if !applied.newly_dirty.is_empty() {
+            self.dirty.lock().extend(applied.newly_dirty);
+        }
+        if !applied.ids.is_empty() {
+            self.pending_ids.lock().extend(applied.ids);
+        }
+        let total = self
+            .unpersisted_events
+            .fetch_add(applied.events, Ordering::Relaxed)
+            + applied.events;
+        if total >= self.options.checkpoint_events {
             self.wake.notify_all();
         }
     }
@@ -872,30 +972,24 @@ impl Inner {
     fn replay_log(&self, from: Lsn) -> Result<u64> {
         let mut scan = self.log.scan(from)?;
         let mut count = 0;
-        let mut rows = Pending::default();
-        let mut ids = Vec::new();
+        let mut applied = Applied::default();
         while let Some(record) = scan.next_record()? {
             let lsn = record.lsn;
             let entry: LogEntry =
                 codec::decode(record.payload).map_err(|source| Error::BadRecord { lsn, source })?;
-            if let LogEntry::Event {
-                stream,
-                id: Some(id),
-                ..
-            } = &entry
-            {
-                ids.push(dedup_hash(&dedup_key(*stream, id)));
-            }
-            self.apply_entry(lsn, entry, &mut rows)?;
+            self.apply_entry(lsn, entry, &mut applied)?;
             count += 1;
-            if rows.rows.len() >= self.options.checkpoint_events {
-                self.queue_for_checkpoint(std::mem::take(&mut rows));
+            if applied.events >= self.options.checkpoint_events {
+                let ids = std::mem::take(&mut applied.ids);
+                self.ingest.lock().extend(ids.iter().copied());
+                applied.ids = ids;
+                self.hand_over(std::mem::take(&mut applied));
                 self.applied.complete(self.applied.end(), lsn + 1);
                 self.checkpoint()?;
             }
         }
-        self.ingest.lock().extend(ids);
-        self.queue_for_checkpoint(rows);
+        self.ingest.lock().extend(applied.ids.iter().copied());
+        self.hand_over(applied);
         self.applied.complete(self.applied.end(), scan.next_lsn());
         Ok(count)
     }
@@ -903,33 +997,62 @@ impl Inner {
     /// Persist every applied event not yet in the state store, with `applied_lsn`.
     pub(crate) fn checkpoint(&self) -> Result<()> {
         let _one_at_a_time = self.checkpointing.lock();
-        let (pending, watermark) = {
-            let mut pending = self.pending.lock();
-            // Every event below the watermark was queued before it was marked applied.
-            (std::mem::take(&mut *pending), self.applied.end() - 1)
-        };
+        // Everything at or below the watermark was handed over before it was marked
+        // applied, so it is in the lists taken below (and possibly more: applying is
+        // idempotent, so persisting events past the watermark is harmless).
+        let watermark = self.applied.end() - 1;
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        let ids = std::mem::take(&mut *self.pending_ids.lock());
         let catalog = {
             let mut registry = self.registry.write();
             let dirty = std::mem::take(&mut registry.catalog_dirty);
             dirty.then(|| serde_json::to_vec(&registry.catalog).expect("catalog serializes"))
         };
-        if pending.rows.is_empty()
-            && pending.ids.is_empty()
+        if dirty.is_empty()
+            && ids.is_empty()
             && catalog.is_none()
             && self.state.applied_lsn()? == watermark
         {
             return Ok(());
         }
+        // Take each dirty entity's unpersisted rows and encode them as one chunk.
+        let mut taken: Vec<(Dirty, Vec<(i64, Lsn)>)> = Vec::with_capacity(dirty.len());
+        let mut chunks = Vec::with_capacity(dirty.len());
+        for entity in dirty {
+            let mut guard = entity.slot.lock();
+            let state = guard.as_mut().expect("dirty entities are loaded");
+            let keys = std::mem::take(&mut state.unpersisted);
+            if let Some(first) = keys.iter().map(|&(_, lsn)| lsn).min() {
+                let strings = entity.stream.strings.read();
+                let view = chunk::ChunkView {
+                    keys: &keys,
+                    run: &state.run,
+                    types: &entity.stream.field_types,
+                    strings: &strings,
+                };
+                let key = chunk_key(entity.stream.id, &entity.name, first);
+                chunks.push((
+                    key,
+                    codec::encode(&view).expect("unpersisted rows are in their run"),
+                ));
+            }
+            drop(guard);
+            taken.push((entity, keys));
+        }
+        let events: usize = taken.iter().map(|(_, keys)| keys.len()).sum();
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
             self.log.sync()?;
             let mut batch = self.state.batch();
-            for (key, value) in &pending.rows {
+            for (key, value) in &chunks {
                 batch.put(Table::Events, key, value);
             }
-            for (key, value) in &pending.ids {
-                batch.put(Table::Dedup, key, value);
+            if !ids.is_empty() {
+                let key = KeyBuf::new()
+                    .u64(self.next_id_chunk.fetch_add(1, Ordering::Relaxed))
+                    .into_vec();
+                batch.put(Table::Dedup, &key, &pack_ids(&ids));
             }
             if let Some(catalog) = &catalog {
                 batch.put(Table::Meta, CATALOG_KEY, catalog);
@@ -938,21 +1061,35 @@ impl Inner {
             self.state.commit(batch)?;
             Ok(())
         })();
-        if let Err(e) = result {
-            // Keep what was not persisted for the next attempt.
-            let mut queued = self.pending.lock();
-            let mut rows = pending.rows;
-            rows.append(&mut queued.rows);
-            queued.rows = rows;
-            let mut ids = pending.ids;
-            ids.append(&mut queued.ids);
-            queued.ids = ids;
-            if catalog.is_some() {
-                self.registry.write().catalog_dirty = true;
+        match result {
+            Ok(()) => {
+                self.unpersisted_events.fetch_sub(
+                    events.min(self.unpersisted_events.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+                Ok(())
             }
-            return Err(e);
+            Err(e) => {
+                // Give everything back for the next attempt.
+                let mut dirty = self.dirty.lock();
+                for (entity, mut keys) in taken {
+                    let mut guard = entity.slot.lock();
+                    let state = guard.as_mut().expect("dirty entities are loaded");
+                    let was_clean = state.unpersisted.is_empty();
+                    keys.append(&mut state.unpersisted);
+                    state.unpersisted = keys;
+                    drop(guard);
+                    if was_clean {
+                        dirty.push(entity);
+                    }
+                }
+                self.pending_ids.lock().extend(ids);
+                if catalog.is_some() {
+                    self.registry.write().catalog_dirty = true;
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn run_checkpointer(&self) {

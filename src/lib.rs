@@ -38,6 +38,7 @@ pub mod event;
 mod query;
 pub mod time;
 pub mod value;
+pub mod workload;
 
 pub use engine::entity::QueryStats;
 pub use engine::{AppendReport, ApplyReport, Db, Health, OpenReport, Options};

@@ -104,7 +104,7 @@ impl Db {
                         strings: &strings,
                         stats: QueryStats::default(),
                     };
-                    run.fold(lo, hi, &targets, &mut accs, &mut ctx);
+                    run.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
                     stats.summaries += ctx.stats.summaries;
                     stats.events += ctx.stats.events;
                 }

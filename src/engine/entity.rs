@@ -4,11 +4,14 @@
 //! offset binary so that order is preserved), with `shift` a multiple of 4 from 64 (the
 //! whole axis) down to 0 (one millisecond): tiles are epoch-aligned and nest sixteen to one.
 //! A leaf tile holds its events in a [`Page`]; when it holds more than
-//! [`LEAF_EVENTS_MAX`], it becomes an inner tile with one child per non-empty sixteenth.
+//! [`LEAF_EVENTS_MAX`], it becomes an inner tile whose children split its events at the
+//! highest level where they differ. The trie is path-compressed: a child may be any
+//! aligned block inside one sixteenth of its parent, so the long runs of single-child
+//! levels (all events of an entity share their top ~30 bits) cost nothing.
 //!
 //! Invariants:
-//! - the shape is a function of the set of events: a tile is inner iff it holds more than
-//!   `LEAF_EVENTS_MAX` events and is wider than 1 ms (events are only ever added);
+//! - children of an inner tile lie in distinct sixteenths of it, sorted by start;
+//! - every event lies in exactly one leaf, and a tile's `count` is the events below it;
 //! - a cached summary is the fold of every event below its tile, for every feature of the
 //!   stream at the summary's version; inserting an event drops the summaries on its path.
 //!
@@ -70,6 +73,22 @@ struct Node {
     body: Body,
 }
 
+/// `x` with its low `shift` bits cleared: the start of the aligned block of width
+/// 2^shift holding `x`.
+fn align(x: u64, shift: u32) -> u64 {
+    if shift >= 64 {
+        0
+    } else {
+        x & !((1u64 << shift) - 1)
+    }
+}
+
+/// The smallest shift (a multiple of 4) whose aligned block holds both `a` and `b`.
+fn common_shift(a: u64, b: u64) -> u32 {
+    let bits = 64 - (a ^ b).leading_zeros();
+    bits.div_ceil(FANOUT_BITS) * FANOUT_BITS
+}
+
 /// One entity's events.
 #[derive(Debug)]
 pub(crate) struct EntityRun {
@@ -87,7 +106,43 @@ impl EntityRun {
 
     /// Add an event; `false` if an event with this (time, LSN) is already here.
     pub(crate) fn insert(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) -> bool {
-        self.root.insert(key(time), time, lsn, cells, self.columns)
+        let k = key(time);
+        if !self.root.contains(k) {
+            // Grow upwards: a new root holding the old one and the new event.
+            let shift = common_shift(k, self.root.start);
+            let old = std::mem::replace(&mut self.root, Node::leaf(0, 0, Page::new(self.columns)));
+            self.root = Node {
+                start: align(k, shift),
+                shift,
+                count: old.count,
+                summary: None,
+                body: Body::Inner(vec![old]),
+            };
+        }
+        self.root.insert(k, time, lsn, cells, self.columns)
+    }
+
+    /// Call `visit` with the page and row holding the event (time, LSN), if present.
+    pub(crate) fn with_row<R>(
+        &self,
+        time: i64,
+        lsn: u64,
+        visit: impl FnOnce(&Page, usize) -> R,
+    ) -> Option<R> {
+        let k = key(time);
+        let mut node = &self.root;
+        loop {
+            if !node.contains(k) {
+                return None;
+            }
+            match &node.body {
+                Body::Leaf(page) => return page.find(time, lsn).map(|row| visit(page, row)),
+                Body::Inner(children) => {
+                    let at = children.partition_point(|c| c.start <= k).checked_sub(1)?;
+                    node = &children[at];
+                }
+            }
+        }
     }
 
     /// Fold the events with `lo < time <= hi` into `accs` (one per entry of `targets`, a
@@ -129,58 +184,91 @@ impl Node {
         }
     }
 
+    fn contains(&self, k: u64) -> bool {
+        self.start <= k && k <= self.last_key()
+    }
+
+    /// Insert an event whose key this tile contains.
     fn insert(
         &mut self,
-        key: u64,
+        k: u64,
         time: i64,
         lsn: u64,
         cells: &[Option<u64>],
         columns: usize,
     ) -> bool {
+        debug_assert!(self.contains(k));
         let inserted = match &mut self.body {
             Body::Leaf(page) => page.insert(time, lsn, cells),
             Body::Inner(children) => {
                 let child_shift = self.shift - FANOUT_BITS;
-                let child_start = key & !((1u64 << child_shift) - 1);
-                let at = match children.binary_search_by_key(&child_start, |c| c.start) {
-                    Ok(at) => at,
+                let slot = align(k, child_shift);
+                match children.binary_search_by_key(&slot, |c| align(c.start, child_shift)) {
                     Err(at) => {
-                        children
-                            .insert(at, Node::leaf(child_start, child_shift, Page::new(columns)));
-                        at
+                        children.insert(at, Node::leaf(slot, child_shift, Page::new(columns)));
+                        children[at].insert(k, time, lsn, cells, columns)
                     }
-                };
-                children[at].insert(key, time, lsn, cells, columns)
+                    Ok(at) if children[at].contains(k) => {
+                        children[at].insert(k, time, lsn, cells, columns)
+                    }
+                    Ok(at) => {
+                        // The sixteenth holds a narrower tile elsewhere: put both under the
+                        // smallest block that holds them.
+                        let shift = common_shift(k, children[at].start);
+                        let placeholder = Node::leaf(0, 0, Page::new(columns));
+                        let old = std::mem::replace(&mut children[at], placeholder);
+                        children[at] = Node {
+                            start: align(k, shift),
+                            shift,
+                            count: old.count,
+                            summary: None,
+                            body: Body::Inner(vec![old]),
+                        };
+                        children[at].insert(k, time, lsn, cells, columns)
+                    }
+                }
             }
         };
         if inserted {
             self.count += 1;
             self.summary = None;
-            if matches!(self.body, Body::Leaf(_)) && self.count > LEAF_EVENTS_MAX && self.shift > 0
-            {
+            if matches!(self.body, Body::Leaf(_)) && self.count > LEAF_EVENTS_MAX {
                 self.split();
             }
         }
         inserted
     }
 
-    /// Turn a full leaf into an inner tile with a child per non-empty sixteenth.
+    /// Turn a full leaf into an inner tile, narrowed to the block its events span, with a
+    /// child per sixteenth holding events. A leaf whose events all share one millisecond
+    /// cannot split and stays a (large) leaf.
     fn split(&mut self) {
-        let Body::Leaf(page) = std::mem::replace(&mut self.body, Body::Inner(Vec::new())) else {
+        let Body::Leaf(page) = &self.body else {
             unreachable!("only leaves split")
         };
-        let child_shift = self.shift - FANOUT_BITS;
-        let child_start = |row: usize| key(page.times[row]) & !((1u64 << child_shift) - 1);
+        let (first, last) = (key(page.times[0]), key(page.times[page.len() - 1]));
+        if first == last {
+            return;
+        }
+        let shift = common_shift(first, last);
+        debug_assert!(shift <= self.shift && shift >= FANOUT_BITS);
+        let Body::Leaf(page) = std::mem::replace(&mut self.body, Body::Inner(Vec::new())) else {
+            unreachable!("checked above")
+        };
+        self.shift = shift;
+        self.start = align(first, shift);
+        let child_shift = shift - FANOUT_BITS;
+        let slot = |row: usize| align(key(page.times[row]), child_shift);
         let mut children = Vec::new();
         let mut from = 0;
         while from < page.len() {
-            let start = child_start(from);
+            let start = slot(from);
             let mut to = from + 1;
-            while to < page.len() && child_start(to) == start {
+            while to < page.len() && slot(to) == start {
                 to += 1;
             }
             let mut child = Node::leaf(start, child_shift, page.extract(from..to));
-            if child.count > LEAF_EVENTS_MAX && child_shift > 0 {
+            if child.count > LEAF_EVENTS_MAX {
                 child.split();
             }
             children.push(child);

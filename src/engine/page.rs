@@ -53,6 +53,11 @@ impl Page {
         }
     }
 
+    /// The row holding (time, LSN), if any.
+    pub(crate) fn find(&self, time: i64, lsn: u64) -> Option<usize> {
+        self.position(time, lsn).ok()
+    }
+
     /// Insert a row; `false` (and no change) if a row with this (time, LSN) exists.
     pub(crate) fn insert(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) -> bool {
         debug_assert_eq!(cells.len(), self.columns.len());

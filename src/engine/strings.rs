@@ -4,7 +4,7 @@
 //! are not persisted; RocksDB rows hold the strings themselves). Memory grows with the
 //! number of distinct strings a stream has seen.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -19,7 +19,7 @@ pub(crate) struct StringTable {
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     strings: Vec<(Arc<str>, u64)>,
-    ids: HashMap<Arc<str>, StrId>,
+    ids: FxHashMap<Arc<str>, StrId>,
 }
 
 /// A read view of the table, for queries.

@@ -1,0 +1,241 @@
+//! The reference workload benchmark (DESIGN §5), side by side with RocksDB in the same run.
+//!
+//! `cargo bench --bench workload` (scale S) or `FSDB_BENCH_SCALE=M cargo bench --bench workload`.
+//! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
+//! synced 1,000-put batches; `latest` and `as_of` p50/p99 for one entity and 12 features;
+//! `as_of` for a hot entity with 36k events inside a 1 h window; full replay of the log;
+//! peak RSS. Figures: docs/benchmarks.md.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fsdb::time::ManualClock;
+use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::{Db, Durability, Event, Options, Value};
+
+fn options(clock: &Arc<ManualClock>) -> Options {
+    Options {
+        durability: Durability::Sync,
+        clock: Arc::clone(clock) as Arc<dyn fsdb::time::Clock>,
+        ..Options::default()
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ingest(db: &Db, spec: &WorkloadSpec) -> (u64, Duration) {
+    let mut tx: Vec<Event> = Vec::with_capacity(1000);
+    let mut clicks: Vec<Event> = Vec::with_capacity(1000);
+    let mut accepted = 0u64;
+    let start = Instant::now();
+    for (stream, event) in spec.generator() {
+        let (name, batch) = match stream {
+            Stream::Transactions => ("transactions", &mut tx),
+            Stream::Clicks => ("clicks", &mut clicks),
+        };
+        batch.push(event);
+        if batch.len() == 1000 {
+            accepted += db.append(name, batch).unwrap().accepted as u64;
+            batch.clear();
+        }
+    }
+    accepted += db.append("transactions", &tx).unwrap().accepted as u64;
+    accepted += db.append("clicks", &clicks).unwrap().accepted as u64;
+    (accepted, start.elapsed())
+}
+
+/// The peer: RocksDB with synced write batches of 1,000 puts (about 60-byte values).
+fn rocksdb_synced_batches(dir: &Path, puts: u64) -> Duration {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    let db = rocksdb::DB::open(&options, dir).unwrap();
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(true);
+    let value = [7u8; 60];
+    let start = Instant::now();
+    for b in 0..puts / 1000 {
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..1000u64 {
+            batch.put((b * 1000 + i).to_be_bytes(), value);
+        }
+        db.write_opt(batch, &write).unwrap();
+    }
+    start.elapsed()
+}
+
+fn latencies(mut sample: impl FnMut(usize) -> Duration, n: usize) -> (Duration, Duration) {
+    let mut times: Vec<Duration> = (0..n).map(&mut sample).collect();
+    times.sort_unstable();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+fn copy_log(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "LOCK" && entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; any argument naming another benchmark skips this one.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !filter.is_empty() && !filter.iter().any(|f| "workload".contains(f.as_str())) {
+        return;
+    }
+    let scale = std::env::var("FSDB_BENCH_SCALE").unwrap_or_else(|_| "S".into());
+    let spec = WorkloadSpec::by_name(&scale).expect("FSDB_BENCH_SCALE is S or M");
+    println!(
+        "reference workload, scale {scale}: {} events, {} entities, {} days",
+        spec.events, spec.entities, spec.days
+    );
+    let root = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(spec.end_ms()));
+
+    // Ingest, interleaved with the peer so both see the same machine state.
+    let peer = rocksdb_synced_batches(&root.path().join("peer-1"), spec.events / 2);
+    let data = root.path().join("fsdb");
+    let db = Db::open(&data, options(&clock)).unwrap();
+    db.apply(workload::DEFINITIONS).unwrap();
+    let (accepted, took) = ingest(&db, &spec);
+    let peer2 = rocksdb_synced_batches(&root.path().join("peer-2"), spec.events / 2);
+    let fsdb_rate = accepted as f64 / took.as_secs_f64();
+    let peer_rate = spec.events as f64 / (peer + peer2).as_secs_f64();
+    println!(
+        "durable ingest: {accepted} events in {:.2}s = {:.0} events/s",
+        took.as_secs_f64(),
+        fsdb_rate
+    );
+    println!(
+        "rocksdb synced 1000-put batches: {:.0} puts/s; ratio fsdb/rocksdb = {:.2}",
+        peer_rate,
+        fsdb_rate / peer_rate
+    );
+    db.checkpoint().unwrap();
+
+    // Queries: random entities (Zipf, as traffic would be), 12 features.
+    let mut rng = workload::Rng::new(99);
+    let customers = workload::Zipf::new(spec.entities, 1.0);
+    let entities: Vec<String> = (0..4096)
+        .map(|_| workload::Generator::customer(customers.sample(&mut rng)))
+        .collect();
+    let features = workload::FEATURES;
+    for e in &entities {
+        db.latest(e, &features).unwrap(); // warm: load entities, build summaries
+    }
+    let (p50, p99) = latencies(
+        |i| {
+            let start = Instant::now();
+            std::hint::black_box(db.latest(&entities[i % entities.len()], &features).unwrap());
+            start.elapsed()
+        },
+        50_000,
+    );
+    println!(
+        "latest, 12 features: p50 {:.1} µs, p99 {:.1} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    let span = (spec.end_ms() - workload::START_MS) as u64;
+    let times: Vec<i64> = (0..4096)
+        .map(|_| workload::START_MS + rng.below(span) as i64)
+        .collect();
+    let (p50, p99) = latencies(
+        |i| {
+            let start = Instant::now();
+            std::hint::black_box(
+                db.as_of(
+                    &entities[i % entities.len()],
+                    &features,
+                    times[i % times.len()],
+                )
+                .unwrap(),
+            );
+            start.elapsed()
+        },
+        50_000,
+    );
+    println!(
+        "as_of, 12 features: p50 {:.1} µs, p99 {:.1} µs",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+
+    // A hot entity: 36k events inside one hour (10 per second).
+    let hot_start = spec.end_ms() + 86_400_000;
+    let hot: Vec<Event> = (0..36_000)
+        .map(|i| Event {
+            entity: "hot".into(),
+            time_ms: hot_start + i * 100,
+            id: Some(format!("hot{i}")),
+            values: vec![
+                Value::Float((i % 500) as f64),
+                Value::Bool(true),
+                Value::String("Lyon".into()),
+                Value::String(format!("m{}", i % 50)),
+            ],
+        })
+        .collect();
+    for chunk in hot.chunks(1000) {
+        db.append("transactions", chunk).unwrap();
+    }
+    let hot_end = hot_start + 3_600_000;
+    let (p50, p99) = latencies(
+        |i| {
+            let start = Instant::now();
+            std::hint::black_box(
+                db.as_of("hot", &features, hot_end - (i as i64 % 600_000))
+                    .unwrap(),
+            );
+            start.elapsed()
+        },
+        20_000,
+    );
+    let (_, stats) = db
+        .as_of_with_stats("hot", &features, hot_end - 1234)
+        .unwrap();
+    println!(
+        "as_of, hot entity (36k events in 1 h): p50 {:.1} µs, p99 {:.1} µs; reads {stats:?}",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    let digest = db.state_digest().unwrap();
+    db.close().unwrap();
+
+    // Replay: the whole log into an empty state directory.
+    let replay_dir = root.path().join("replay");
+    copy_log(&data.join("log"), &replay_dir.join("log"));
+    let start = Instant::now();
+    let replayed = Db::open(&replay_dir, options(&clock)).unwrap();
+    let took = start.elapsed();
+    let records = replayed.open_report().replayed;
+    println!(
+        "replay: {records} records in {:.2}s = {:.0} records/s",
+        took.as_secs_f64(),
+        records as f64 / took.as_secs_f64()
+    );
+    assert_eq!(
+        replayed.state_digest().unwrap(),
+        digest,
+        "replay rebuilds identical state"
+    );
+    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+}

@@ -1,0 +1,37 @@
+//! Ingest the reference workload (scale from FSDB_SCALE, default S) and report time; for
+//! profiling with `perf record`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::{Db, Durability, Options};
+
+fn main() {
+    let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        durability: Durability::Sync,
+        clock: Arc::new(fsdb::time::ManualClock::new(spec.end_ms())),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    db.apply(workload::DEFINITIONS).unwrap();
+    let events: Vec<_> = spec.generator().collect();
+    let start = Instant::now();
+    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
+    for (stream, event) in events {
+        let (name, batch) = match stream {
+            Stream::Transactions => ("transactions", &mut tx),
+            Stream::Clicks => ("clicks", &mut clicks),
+        };
+        batch.push(event);
+        if batch.len() == 1000 {
+            db.append(name, batch).unwrap();
+            batch.clear();
+        }
+    }
+    println!("ingest: {:.2}s", start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    db.close().unwrap();
+    println!("close: {:.2}s", start.elapsed().as_secs_f64());
+}
