@@ -6,11 +6,18 @@ use std::time::Instant;
 use fsdb::workload::{self, Stream, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
-        durability: Durability::Sync,
+        durability: if std::env::var("FSDB_NOSYNC").is_ok() {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        },
         clock: Arc::new(fsdb::time::ManualClock::new(spec.end_ms())),
         ..Options::default()
     };

@@ -9,8 +9,8 @@
 //!
 //! This module never sees events, rows or filters: the engine hands it non-null values.
 
+use rustc_hash::FxHashSet;
 use std::cmp::Ordering;
-use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -505,17 +505,18 @@ impl Aggregator for LastN {
 pub struct CountDistinct;
 
 impl Aggregator for CountDistinct {
-    type State = HashSet<u64>;
-    fn init(&self) -> HashSet<u64> {
-        HashSet::new()
+    type State = FxHashSet<u64>;
+    fn init(&self) -> FxHashSet<u64> {
+        FxHashSet::default()
     }
-    fn update(&self, state: &mut HashSet<u64>, item: Item, _: &dyn Strings) {
+    fn update(&self, state: &mut FxHashSet<u64>, item: Item, _: &dyn Strings) {
         state.insert(item.value.distinct_key());
     }
-    fn merge(&self, state: &mut HashSet<u64>, other: &HashSet<u64>, _: &dyn Strings) {
+    fn merge(&self, state: &mut FxHashSet<u64>, other: &FxHashSet<u64>, _: &dyn Strings) {
+        state.reserve(other.len());
         state.extend(other.iter().copied());
     }
-    fn finish(&self, state: &HashSet<u64>, _: &dyn Strings) -> Value {
+    fn finish(&self, state: &FxHashSet<u64>, _: &dyn Strings) -> Value {
         Value::Int(state.len() as i64)
     }
 }
@@ -550,7 +551,7 @@ pub enum Acc {
     Moments(Box<Moments>),
     Edge(Option<Item>),
     LastN(Vec<Item>),
-    Distinct(Box<HashSet<u64>>),
+    Distinct(Box<FxHashSet<u64>>),
     Hll(Box<Hll>),
 }
 

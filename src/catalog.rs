@@ -235,15 +235,15 @@ pub fn parse_definitions(text: &str) -> Result<Definitions, DefinitionError> {
         .map(|s| (&s.name, "stream"))
         .chain(definitions.features.iter().map(|f| (&f.name, "feature")))
     {
-        if let Some(kind) = seen.insert(name.0.clone(), name.1) {
-            if kind == name.1 {
-                let subject = if kind == "stream" {
-                    Subject::Stream(name.0.clone())
-                } else {
-                    Subject::Feature(name.0.clone())
-                };
-                return Err(error(&subject, Some("name"), "defined twice in this file"));
-            }
+        if let Some(kind) = seen.insert(name.0.clone(), name.1)
+            && kind == name.1
+        {
+            let subject = if kind == "stream" {
+                Subject::Stream(name.0.clone())
+            } else {
+                Subject::Feature(name.0.clone())
+            };
+            return Err(error(&subject, Some("name"), "defined twice in this file"));
         }
     }
     Ok(definitions)

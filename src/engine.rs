@@ -151,6 +151,19 @@ pub(crate) struct EntityState {
     pub(crate) run: EntityRun,
     /// (time, LSN) of events applied since the entity's last checkpoint.
     unpersisted: Vec<(i64, Lsn)>,
+    /// Values computed by `latest`, by feature slot, each with the times it holds for.
+    /// Cleared whenever an event is inserted.
+    pub(crate) latest: Vec<Option<Cached>>,
+}
+
+/// A feature value, valid for every query time in `[from, until)` while the entity's
+/// events and the stream's features (`version`) stay the same.
+#[derive(Clone, Debug)]
+pub(crate) struct Cached {
+    pub(crate) version: u64,
+    pub(crate) from: i64,
+    pub(crate) until: i64,
+    pub(crate) value: Value,
 }
 
 /// `None` while the entity is being loaded from the state store.
@@ -294,8 +307,10 @@ fn entity_prefix(stream: u32, entity: &str) -> Vec<u8> {
 /// The identity of an accepted event id: a 128-bit hash of (stream, id). Collisions among
 /// 10^10 ids have probability below 10^-18.
 fn dedup_hash(stream: u32, id: &str) -> u128 {
-    let key = KeyBuf::new().u32(stream).bytes(id.as_bytes()).into_vec();
-    xxhash_rust::xxh3::xxh3_128(&key)
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&stream.to_be_bytes());
+    hasher.update(id.as_bytes());
+    hasher.digest128()
 }
 
 impl StreamState {
@@ -333,8 +348,8 @@ impl StreamState {
         }));
     }
 
-    /// The entity's run, loading it from the state store if needed; with `create`, an
-    /// entity unknown to the store gets an empty run, else `None`.
+    /// The entity's slot; with `create`, an entity not yet in memory gets a slot (loaded on
+    /// first lock), else `None` unless the state store holds rows of it.
     pub(crate) fn entity(
         &self,
         name: &str,
@@ -343,9 +358,7 @@ impl StreamState {
     ) -> Result<Option<EntitySlot>> {
         let shard = self.shard(name);
         if let Some(slot) = shard.read().get(name) {
-            let slot = Arc::clone(slot);
-            self.ensure_loaded(&slot, name, store)?;
-            return Ok(Some(slot));
+            return Ok(Some(Arc::clone(slot)));
         }
         if !create {
             // A query must not fill memory with entities that do not exist.
@@ -354,22 +367,28 @@ impl StreamState {
                 return Ok(None);
             }
         }
-        let slot = Arc::clone(
+        Ok(Some(Arc::clone(
             shard
                 .write()
                 .entry(name.into())
                 .or_insert_with(|| Arc::new(Mutex::new(None))),
-        );
-        self.ensure_loaded(&slot, name, store)?;
-        Ok(Some(slot))
+        )))
     }
 
-    fn ensure_loaded(&self, slot: &EntitySlot, name: &str, store: &StateStore) -> Result<()> {
+    /// Lock an entity's slot, loading its rows from the state store on first use.
+    pub(crate) fn lock_loaded<'a>(
+        &self,
+        slot: &'a EntitySlot,
+        name: &str,
+        store: &StateStore,
+    ) -> Result<parking_lot::MappedMutexGuard<'a, EntityState>> {
         let mut guard = slot.lock();
         if guard.is_none() {
             *guard = Some(self.load(name, store)?);
         }
-        Ok(())
+        Ok(parking_lot::MutexGuard::map(guard, |s| {
+            s.as_mut().expect("loaded above")
+        }))
     }
 
     /// Read an entity's persisted chunks into a run. Chunks may overlap after a crash
@@ -403,6 +422,7 @@ impl StreamState {
         Ok(EntityState {
             run,
             unpersisted: Vec::new(),
+            latest: Vec::new(),
         })
     }
 }
@@ -736,7 +756,7 @@ fn pack_ids(ids: &[u128]) -> Vec<u8> {
 }
 
 fn unpack_ids<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u128> + 'a> {
-    if value.len() % 16 != 0 {
+    if !value.len().is_multiple_of(16) {
         return Err(Error::BadStateRow {
             key: key.to_vec(),
             reason: "dedup chunk is not a whole number of 16-byte hashes".into(),
@@ -930,8 +950,7 @@ impl Inner {
             .entity(entity, &self.state, true)?
             .expect("created on demand");
         {
-            let mut guard = slot.lock();
-            let state = guard.as_mut().expect("loaded");
+            let mut state = stream.lock_loaded(&slot, entity, &self.state)?;
             if state.run.insert(time_ms, lsn, &applied.cells) {
                 if state.unpersisted.is_empty() {
                     applied.newly_dirty.push(Dirty {
@@ -941,6 +960,7 @@ impl Inner {
                     });
                 }
                 state.unpersisted.push((time_ms, lsn));
+                state.latest.clear();
                 applied.events += 1;
             }
         }

@@ -3,14 +3,16 @@
 //! The value of a feature with window `w` as of `t` aggregates the events with
 //! `t - w < time <= t` (lifetime: `time <= t`); a batch feature with freshness `P` is read
 //! as of `floor(t / P) * P`. Every query, whatever its time, runs the same fold over the
-//! entity's tiles ([`crate::engine::entity`]).
+//! entity's tiles ([`crate::engine::entity`]). `latest` also keeps what it computed, with
+//! the interval of query times it stays exact for; any later query inside that interval
+//! (and before the entity's next event) is answered from it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::agg::Acc;
 use crate::engine::entity::{FoldCtx, QueryStats};
-use crate::engine::{Db, StreamState};
+use crate::engine::{Cached, Db, StreamState};
 use crate::error::{Error, Result};
 use crate::time::TimestampMs;
 use crate::value::Value;
@@ -20,31 +22,37 @@ use crate::value::Value;
 pub struct FeatureRow {
     pub entity: String,
     pub as_of: TimestampMs,
-    pub features: Vec<(String, Value)>,
+    /// Feature names, shared by every row of one query.
+    pub names: Arc<[String]>,
+    pub values: Vec<Value>,
 }
 
 impl FeatureRow {
     /// `{"entity": E, "as_of": T, "features": {..}}`, the shape of the CLI and HTTP replies.
     pub fn to_json(&self) -> serde_json::Value {
         let features: serde_json::Map<String, serde_json::Value> = self
-            .features
             .iter()
-            .map(|(name, value)| (name.clone(), value.to_json()))
+            .map(|(name, value)| (name.to_owned(), value.to_json()))
             .collect();
         serde_json::json!({ "entity": self.entity, "as_of": self.as_of, "features": features })
     }
 
     pub fn get(&self, feature: &str) -> Option<&Value> {
-        self.features
+        self.names
             .iter()
-            .find(|(name, _)| name == feature)
-            .map(|(_, v)| v)
+            .position(|n| n == feature)
+            .map(|i| &self.values[i])
+    }
+
+    /// (name, value) pairs, in the order they were asked for.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.names.iter().map(String::as_str).zip(&self.values)
     }
 }
 
 /// Requested features resolved to their stream and slot, grouped by stream.
 struct Plan {
-    names: Vec<String>,
+    names: Arc<[String]>,
     /// stream index -> (position in the answer, slot)
     by_stream: BTreeMap<usize, Vec<(usize, usize)>>,
     streams: Vec<Arc<StreamState>>,
@@ -73,50 +81,82 @@ impl Db {
         plan: &Plan,
         entity: &str,
         t: TimestampMs,
+        remember: bool,
         stats: &mut QueryStats,
     ) -> Result<FeatureRow> {
         self.inner.check_poison()?;
         let mut values = vec![Value::Null; plan.names.len()];
         for (&stream_index, wanted) in &plan.by_stream {
             let stream = &plan.streams[stream_index];
-            let features = stream.features.read().clone();
+            let features = stream.features.read();
             let slot = stream.entity(entity, &self.inner.state, false)?;
-            let mut guard = slot.as_ref().map(|s| s.lock());
-            let strings = stream.strings.read();
-            // One fold per distinct window, over every feature that shares it.
+            let Some(slot) = slot else {
+                // Never seen: every aggregation's empty-window value.
+                let strings = stream.strings.read();
+                for &(position, slot) in wanted {
+                    let spec = &features.list[slot].spec;
+                    values[position] = spec.finish(&spec.init(), &strings);
+                }
+                continue;
+            };
+            let mut state = stream.lock_loaded(&slot, entity, &self.inner.state)?;
+            // Answer what the cache holds; group the rest by window, one fold per window.
             let mut by_window: BTreeMap<(i64, i64), Vec<(usize, usize)>> = BTreeMap::new();
             for &(position, slot) in wanted {
-                by_window
-                    .entry(features.list[slot].window(t))
-                    .or_default()
-                    .push((position, slot));
+                let cached = state.latest.get(slot).and_then(Option::as_ref);
+                match cached {
+                    Some(c) if c.version == features.version && c.from <= t && t < c.until => {
+                        values[position] = c.value.clone()
+                    }
+                    _ => by_window
+                        .entry(features.list[slot].window(t))
+                        .or_default()
+                        .push((position, slot)),
+                }
             }
+            if by_window.is_empty() {
+                continue;
+            }
+            let strings = stream.strings.read();
             for ((lo, hi), group) in by_window {
                 let targets: Vec<usize> = group.iter().map(|&(_, slot)| slot).collect();
                 let mut accs: Vec<Acc> = targets
                     .iter()
                     .map(|&slot| features.list[slot].spec.init())
                     .collect();
-                if let Some(run) = guard.as_mut().and_then(|g| g.as_mut()) {
-                    let mut ctx = FoldCtx {
-                        features: &features.list,
-                        version: features.version,
-                        strings: &strings,
-                        stats: QueryStats::default(),
-                    };
-                    run.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
-                    stats.summaries += ctx.stats.summaries;
-                    stats.events += ctx.stats.events;
-                }
+                let mut ctx = FoldCtx {
+                    features: &features.list,
+                    version: features.version,
+                    strings: &strings,
+                    stats: QueryStats::default(),
+                };
+                state.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
+                stats.summaries += ctx.stats.summaries;
+                stats.events += ctx.stats.events;
                 for ((position, slot), acc) in group.into_iter().zip(&accs) {
-                    values[position] = features.list[slot].spec.finish(acc, &strings);
+                    let feature = &features.list[slot];
+                    let value = feature.spec.finish(acc, &strings);
+                    if remember {
+                        let (from, until) = feature.validity(t, &state.run);
+                        if state.latest.len() < features.list.len() {
+                            state.latest.resize(features.list.len(), None);
+                        }
+                        state.latest[slot] = Some(Cached {
+                            version: features.version,
+                            from,
+                            until,
+                            value: value.clone(),
+                        });
+                    }
+                    values[position] = value;
                 }
             }
         }
         Ok(FeatureRow {
             entity: entity.to_owned(),
             as_of: t,
-            features: plan.names.iter().cloned().zip(values).collect(),
+            names: Arc::clone(&plan.names),
+            values,
         })
     }
 
@@ -124,13 +164,14 @@ impl Db {
     /// aggregation's empty-window value; an unknown feature is an error.
     pub fn as_of(&self, entity: &str, features: &[&str], t: TimestampMs) -> Result<FeatureRow> {
         let plan = self.plan(features)?;
-        self.evaluate(&plan, entity, t, &mut QueryStats::default())
+        self.evaluate(&plan, entity, t, false, &mut QueryStats::default())
     }
 
     /// `as_of` at the clock's now.
     pub fn latest(&self, entity: &str, features: &[&str]) -> Result<FeatureRow> {
+        let plan = self.plan(features)?;
         let now = self.inner.options.clock.now_ms();
-        self.as_of(entity, features, now)
+        self.evaluate(&plan, entity, now, true, &mut QueryStats::default())
     }
 
     /// `as_of` for many entities at one time.
@@ -144,18 +185,24 @@ impl Db {
         let mut stats = QueryStats::default();
         entities
             .iter()
-            .map(|e| self.evaluate(&plan, e, t, &mut stats))
+            .map(|e| self.evaluate(&plan, e, t, false, &mut stats))
             .collect()
     }
 
     /// `latest` for many entities (one "now" for all of them).
     pub fn latest_many(&self, entities: &[&str], features: &[&str]) -> Result<Vec<FeatureRow>> {
+        let plan = self.plan(features)?;
         let now = self.inner.options.clock.now_ms();
-        self.as_of_many(entities, features, now)
+        let mut stats = QueryStats::default();
+        entities
+            .iter()
+            .map(|e| self.evaluate(&plan, e, now, true, &mut stats))
+            .collect()
     }
 
     /// `as_of`, also returning how many tile summaries and events the query read: the
     /// measure of its work, which depends on the window's shape, not on history length.
+    /// Never answered from the `latest` cache.
     pub fn as_of_with_stats(
         &self,
         entity: &str,
@@ -164,7 +211,27 @@ impl Db {
     ) -> Result<(FeatureRow, QueryStats)> {
         let plan = self.plan(features)?;
         let mut stats = QueryStats::default();
-        let row = self.evaluate(&plan, entity, t, &mut stats)?;
+        let row = self.evaluate_uncached(&plan, entity, t, &mut stats)?;
         Ok((row, stats))
+    }
+
+    fn evaluate_uncached(
+        &self,
+        plan: &Plan,
+        entity: &str,
+        t: TimestampMs,
+        stats: &mut QueryStats,
+    ) -> Result<FeatureRow> {
+        // Drop what `latest` remembered for this entity, so that the fold runs.
+        for &stream_index in plan.by_stream.keys() {
+            let stream = &plan.streams[stream_index];
+            if let Some(slot) = stream.entity(entity, &self.inner.state, false)? {
+                stream
+                    .lock_loaded(&slot, entity, &self.inner.state)?
+                    .latest
+                    .clear();
+            }
+        }
+        self.evaluate(plan, entity, t, false, stats)
     }
 }

@@ -193,14 +193,13 @@ fn narrow_add(a: i128, sa: i32, b: i128, sb: i32) -> Option<(i128, i32)> {
     Some((shifted.checked_add(lo)?, lo_scale))
 }
 
-/// Add `m * 2^e` (|m| < 2^127, e >= -1074) to the wide accumulator.
+/// Add `m * 2^e` (|m| < 2^127, e >= -1074) to the wide accumulator: add (or subtract) the
+/// at most three limbs of `|m| << bit`, then carry (or borrow) only as far as it goes.
 fn wide_add_scaled(limbs: &mut [u64; WIDE_LIMBS], m: i128, e: i32) {
     debug_assert!(e >= WIDE_LSB_EXP);
     let offset = (e - WIDE_LSB_EXP) as usize;
     let (limb, bit) = (offset / 64, (offset % 64) as u32);
-    let negative = m < 0;
     let magnitude = m.unsigned_abs();
-    // magnitude << bit spans at most three limbs.
     let parts = [
         (magnitude << bit) as u64,
         ((magnitude << bit) >> 64) as u64,
@@ -210,23 +209,35 @@ fn wide_add_scaled(limbs: &mut [u64; WIDE_LIMBS], m: i128, e: i32) {
             (magnitude >> (128 - bit)) as u64
         },
     ];
-    let mut value = [0u64; WIDE_LIMBS];
-    for (i, part) in parts.into_iter().enumerate() {
-        if limb + i < WIDE_LIMBS {
-            value[limb + i] = part;
-        } else {
-            debug_assert_eq!(part, 0, "a finite input fits the accumulator");
-        }
-    }
-    if negative {
-        value = negate(&value);
-    }
     let mut carry = false;
-    for (a, b) in limbs.iter_mut().zip(value) {
-        let (s1, c1) = a.overflowing_add(b);
-        let (s2, c2) = s1.overflowing_add(u64::from(carry));
-        *a = s2;
+    let mut i = limb;
+    for part in parts {
+        if i >= WIDE_LIMBS {
+            debug_assert_eq!(part, 0, "a finite input fits the accumulator");
+            continue;
+        }
+        let (v, c1, c2) = if m < 0 {
+            let (d1, b1) = limbs[i].overflowing_sub(part);
+            let (d2, b2) = d1.overflowing_sub(u64::from(carry));
+            (d2, b1, b2)
+        } else {
+            let (s1, c1) = limbs[i].overflowing_add(part);
+            let (s2, c2) = s1.overflowing_add(u64::from(carry));
+            (s2, c1, c2)
+        };
+        limbs[i] = v;
         carry = c1 || c2;
+        i += 1;
+    }
+    while carry && i < WIDE_LIMBS {
+        let (v, c) = if m < 0 {
+            limbs[i].overflowing_sub(1)
+        } else {
+            limbs[i].overflowing_add(1)
+        };
+        limbs[i] = v;
+        carry = c;
+        i += 1;
     }
 }
 

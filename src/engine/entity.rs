@@ -122,6 +122,12 @@ impl EntityRun {
         self.root.insert(k, time, lsn, cells, self.columns)
     }
 
+    /// The earliest event time strictly after `time`, if any.
+    pub(crate) fn first_time_after(&self, time: i64) -> Option<i64> {
+        let next = time.checked_add(1)?;
+        self.root.first_at_or_after(next)
+    }
+
     /// Call `visit` with the page and row holding the event (time, LSN), if present.
     pub(crate) fn with_row<R>(
         &self,
@@ -181,6 +187,25 @@ impl Node {
             u64::MAX
         } else {
             self.start | ((1u64 << self.shift) - 1)
+        }
+    }
+
+    /// The earliest event time `>= time` in this tile.
+    fn first_at_or_after(&self, time: i64) -> Option<i64> {
+        if self.count == 0 || self.last_key() < key(time) {
+            return None;
+        }
+        match &self.body {
+            Body::Leaf(page) => {
+                let row = page.rows_between(time, i64::MAX).start;
+                (row < page.len()).then(|| page.time(row))
+            }
+            Body::Inner(children) => {
+                let from = children.partition_point(|c| c.last_key() < key(time));
+                children[from..]
+                    .iter()
+                    .find_map(|c| c.first_at_or_after(time))
+            }
         }
     }
 
@@ -246,7 +271,7 @@ impl Node {
         let Body::Leaf(page) = &self.body else {
             unreachable!("only leaves split")
         };
-        let (first, last) = (key(page.times[0]), key(page.times[page.len() - 1]));
+        let (first, last) = (key(page.time(0)), key(page.time(page.len() - 1)));
         if first == last {
             return;
         }
@@ -258,7 +283,7 @@ impl Node {
         self.shift = shift;
         self.start = align(first, shift);
         let child_shift = shift - FANOUT_BITS;
-        let slot = |row: usize| align(key(page.times[row]), child_shift);
+        let slot = |row: usize| align(key(page.time(row)), child_shift);
         let mut children = Vec::new();
         let mut from = 0;
         while from < page.len() {

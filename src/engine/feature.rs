@@ -8,6 +8,7 @@ use crate::catalog::filter::{self, CmpOp, Expr, Literal};
 use crate::catalog::{FeatureDef, Freshness, StreamDef};
 use crate::value::FieldType;
 
+use super::entity::EntityRun;
 use super::page::Page;
 use super::strings::StringTable;
 
@@ -171,18 +172,18 @@ impl CompiledFeature {
     /// the field is null.
     #[inline]
     pub(crate) fn item(&self, page: &Page, row: usize, strings: &dyn Strings) -> Option<Item> {
-        if let Some(filter) = &self.filter {
-            if !filter.matches(page, row, strings) {
-                return None;
-            }
+        if let Some(filter) = &self.filter
+            && !filter.matches(page, row, strings)
+        {
+            return None;
         }
         let value = match self.field {
             None => Scalar::Bool(true),
             Some((column, ty)) => scalar(ty, page.cell(column, row)?),
         };
         Some(Item {
-            time: page.times[row],
-            lsn: page.lsns[row],
+            time: page.time(row),
+            lsn: page.lsn(row),
             value,
         })
     }
@@ -196,6 +197,28 @@ impl CompiledFeature {
             None => i64::MIN,
         };
         (lo, hi)
+    }
+
+    /// The query times `[from, until)` around `t` at which this feature's value equals its
+    /// value as of `t`, as long as no event is added: until the next event enters the
+    /// window or the oldest one leaves it (or, for a batch feature, the next period).
+    /// Conservative: filters are ignored, so `until` may come earlier than the real change.
+    pub(crate) fn validity(&self, t: i64, run: &EntityRun) -> (i64, i64) {
+        match self.freshness {
+            Freshness::Batch { period_ms } => {
+                let start = t.div_euclid(period_ms) * period_ms;
+                (start, start.saturating_add(period_ms))
+            }
+            Freshness::Realtime => {
+                let enter = run.first_time_after(t);
+                let leave = self.window_ms.and_then(|w| {
+                    run.first_time_after(t.saturating_sub(w))
+                        .filter(|&oldest| oldest <= t)
+                        .map(|oldest| oldest.saturating_add(w))
+                });
+                (t, enter.into_iter().chain(leave).min().unwrap_or(i64::MAX))
+            }
+        }
     }
 }
 

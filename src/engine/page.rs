@@ -1,55 +1,83 @@
-//! A page: the events of one leaf tile, sorted by (time, LSN), stored by column.
+//! A page: the events of one leaf tile, sorted by (time, LSN), stored row by row.
 //!
-//! Every field is kept as 8 raw bytes (int bits, float bits, string id, 0/1) plus a null
-//! flag; the stream's schema says how to read them.
+//! One `Vec<u64>` holds every row as `[time, lsn, cell 0, …, cell n-1, null mask…]`: one
+//! allocation per page (rows are added in place), and one cache line per row when folding.
+//! A cell is the field's 8 raw bytes (int bits, float bits, string id, 0/1); bit `c` of the
+//! null mask words says whether cell `c` is null. The stream's schema says how to read them.
 
 use std::ops::Range;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Page {
-    pub(crate) times: Vec<i64>,
-    pub(crate) lsns: Vec<u64>,
-    columns: Vec<Column>,
+    data: Vec<u64>,
+    columns: usize,
+    stride: usize,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Column {
-    raw: Vec<u64>,
-    null: Vec<bool>,
-}
+const TIME: usize = 0;
+const LSN: usize = 1;
+const CELLS: usize = 2;
 
 impl Page {
     pub(crate) fn new(columns: usize) -> Page {
         Page {
-            times: Vec::new(),
-            lsns: Vec::new(),
-            columns: vec![Column::default(); columns],
+            data: Vec::new(),
+            columns,
+            stride: CELLS + columns + columns.div_ceil(64),
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.times.len()
+        self.data.len() / self.stride
+    }
+
+    #[inline]
+    pub(crate) fn time(&self, row: usize) -> i64 {
+        self.data[row * self.stride + TIME] as i64
+    }
+
+    #[inline]
+    pub(crate) fn lsn(&self, row: usize) -> u64 {
+        self.data[row * self.stride + LSN]
     }
 
     /// The raw cell, or `None` if null.
     #[inline]
     pub(crate) fn cell(&self, column: usize, row: usize) -> Option<u64> {
-        let c = &self.columns[column];
-        if c.null[row] { None } else { Some(c.raw[row]) }
+        let base = row * self.stride;
+        let mask = self.data[base + CELLS + self.columns + column / 64];
+        if mask >> (column % 64) & 1 == 1 {
+            None
+        } else {
+            Some(self.data[base + CELLS + column])
+        }
+    }
+
+    /// The first row whose (time, LSN) is not less than the given one.
+    fn lower_bound(&self, time: i64, lsn: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if (self.time(mid), self.lsn(mid)) < (time, lsn) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     fn position(&self, time: i64, lsn: u64) -> Result<usize, usize> {
+        let len = self.len();
         // Events arrive mostly in time order: check the end first.
-        match (self.times.last(), self.lsns.last()) {
-            (Some(&t), Some(&l)) if (t, l) < (time, lsn) => return Err(self.len()),
-            (None, _) | (_, None) => return Err(0),
-            _ => {}
+        if len == 0 || (self.time(len - 1), self.lsn(len - 1)) < (time, lsn) {
+            return Err(len);
         }
-        let at = self.times.partition_point(|&t| t < time);
-        let end = at + self.times[at..].partition_point(|&t| t == time);
-        match self.lsns[at..end].binary_search(&lsn) {
-            Ok(i) => Ok(at + i),
-            Err(i) => Err(at + i),
+        let at = self.lower_bound(time, lsn);
+        if at < len && self.time(at) == time && self.lsn(at) == lsn {
+            Ok(at)
+        } else {
+            Err(at)
         }
     }
 
@@ -60,39 +88,88 @@ impl Page {
 
     /// Insert a row; `false` (and no change) if a row with this (time, LSN) exists.
     pub(crate) fn insert(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) -> bool {
-        debug_assert_eq!(cells.len(), self.columns.len());
+        debug_assert_eq!(cells.len(), self.columns);
         let Err(at) = self.position(time, lsn) else {
             return false;
         };
-        self.times.insert(at, time);
-        self.lsns.insert(at, lsn);
-        for (column, cell) in self.columns.iter_mut().zip(cells) {
-            column.raw.insert(at, cell.unwrap_or(0));
-            column.null.insert(at, cell.is_none());
+        let base = at * self.stride;
+        // Open a gap of one row at `base` (a no-op move when appending).
+        let old_len = self.data.len();
+        self.data.resize(old_len + self.stride, 0);
+        self.data.copy_within(base..old_len, base + self.stride);
+        let row = &mut self.data[base..base + self.stride];
+        row.fill(0);
+        row[TIME] = time as u64;
+        row[LSN] = lsn;
+        for (column, cell) in cells.iter().enumerate() {
+            match cell {
+                Some(raw) => row[CELLS + column] = *raw,
+                None => row[CELLS + self.columns + column / 64] |= 1 << (column % 64),
+            }
         }
         true
     }
 
     /// The rows with `lo <= time <= hi`.
     pub(crate) fn rows_between(&self, lo: i64, hi: i64) -> Range<usize> {
-        let start = self.times.partition_point(|&t| t < lo);
-        let end = self.times.partition_point(|&t| t <= hi);
+        let start = self.lower_bound(lo, 0);
+        let end = match hi.checked_add(1) {
+            Some(next) => self.lower_bound(next, 0),
+            None => self.len(),
+        };
         start..end.max(start)
     }
 
-    /// Move the rows in `range` into a new page.
+    /// A new page with the rows in `range`.
     pub(crate) fn extract(&self, range: Range<usize>) -> Page {
         Page {
-            times: self.times[range.clone()].to_vec(),
-            lsns: self.lsns[range.clone()].to_vec(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| Column {
-                    raw: c.raw[range.clone()].to_vec(),
-                    null: c.null[range.clone()].to_vec(),
-                })
-                .collect(),
+            data: self.data[range.start * self.stride..range.end * self.stride].to_vec(),
+            columns: self.columns,
+            stride: self.stride,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_stay_sorted_and_cells_round_trip() {
+        let mut page = Page::new(70);
+        let cells = |i: u64| -> Vec<Option<u64>> {
+            (0..70)
+                .map(|c| {
+                    if (c + i).is_multiple_of(3) {
+                        None
+                    } else {
+                        Some(c * 1000 + i)
+                    }
+                })
+                .collect()
+        };
+        for (time, lsn) in [(5i64, 1u64), (3, 2), (5, 0), (-1, 9), (5, 3), (3, 2)] {
+            page.insert(time, lsn, &cells(lsn));
+        }
+        let keys: Vec<(i64, u64)> = (0..page.len())
+            .map(|r| (page.time(r), page.lsn(r)))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(-1, 9), (3, 2), (5, 0), (5, 1), (5, 3)],
+            "sorted, duplicate (3, 2) dropped"
+        );
+        for row in 0..page.len() {
+            let expected = cells(page.lsn(row));
+            for (column, cell) in expected.iter().enumerate() {
+                assert_eq!(page.cell(column, row), *cell);
+            }
+        }
+        assert_eq!(page.rows_between(3, 5), 1..5);
+        assert_eq!(page.rows_between(4, 4), 2..2);
+        assert_eq!(page.rows_between(-5, -1), 0..1);
+        assert_eq!(page.find(5, 1), Some(3));
+        assert_eq!(page.find(5, 2), None);
+        assert_eq!(page.extract(1..3).len(), 2);
     }
 }

@@ -53,6 +53,10 @@ pub trait Vfs: Send + Sync + Debug {
 }
 
 /// An open file.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is a byte count, not a collection size"
+)]
 pub trait VfsFile: Send + Sync + Debug {
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read (0 at end).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

@@ -153,13 +153,12 @@ impl Reference {
         let (mut accepted, mut duplicates) = (0, 0);
         for json in events {
             let obj = json.as_object().unwrap();
-            if let Some(id_field) = &def.id {
-                if let Some(id) = obj.get(id_field).and_then(|v| v.as_str()) {
-                    if !self.ids.insert((stream.to_owned(), id.to_owned())) {
-                        duplicates += 1;
-                        continue;
-                    }
-                }
+            if let Some(id_field) = &def.id
+                && let Some(id) = obj.get(id_field).and_then(|v| v.as_str())
+                && !self.ids.insert((stream.to_owned(), id.to_owned()))
+            {
+                duplicates += 1;
+                continue;
             }
             let mut fields = BTreeMap::new();
             for (name, ty) in &def.fields {

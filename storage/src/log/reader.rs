@@ -365,7 +365,7 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport, LogError> {
             }
         };
         let bytes: &[u8] = (*held).as_ref();
-        let header = format::decode_header(&bytes)
+        let header = format::decode_header(bytes)
             .map_err(|e| corrupt(&segment.path, 0, CorruptKind::Header(e)))?;
         if header.base_lsn != segment.base {
             let kind = CorruptKind::BaseMismatch {

@@ -470,14 +470,15 @@ fn open_last(
     };
     // Sealed last segment: the frames stop exactly at a valid trailer.
     let rest = &bytes[bad_at as usize..];
-    if bad_at == scan.complete_end && rest.len() == TRAILER_BYTES {
-        if let Ok(trailer) = format::decode_trailer(rest) {
-            check_trailer(path, trailer, bad_at, scan.next_lsn)?;
-            return Ok(Last::Sealed {
-                records_end: bad_at,
-                next_lsn: trailer.next_lsn,
-            });
-        }
+    if bad_at == scan.complete_end
+        && rest.len() == TRAILER_BYTES
+        && let Ok(trailer) = format::decode_trailer(rest)
+    {
+        check_trailer(path, trailer, bad_at, scan.next_lsn)?;
+        return Ok(Last::Sealed {
+            records_end: bad_at,
+            next_lsn: trailer.next_lsn,
+        });
     }
     // A torn tail, unless something proves the bytes from `complete_end` on were durable.
     let cut = scan.complete_end;

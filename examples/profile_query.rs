@@ -1,0 +1,61 @@
+//! Ingest the reference workload, then time `latest` / `as_of` over Zipf-chosen or uniform
+//! entities; for profiling with `perf record`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::{Db, Durability, Options};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(fsdb::time::ManualClock::new(spec.end_ms()));
+    let options = Options {
+        durability: Durability::NoSync,
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    db.apply(workload::DEFINITIONS).unwrap();
+    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
+    for (stream, event) in spec.generator() {
+        let (name, batch) = match stream {
+            Stream::Transactions => ("transactions", &mut tx),
+            Stream::Clicks => ("clicks", &mut clicks),
+        };
+        batch.push(event);
+        if batch.len() == 1000 {
+            db.append(name, batch).unwrap();
+            batch.clear();
+        }
+    }
+    db.checkpoint().unwrap();
+    let mut rng = workload::Rng::new(5);
+    let zipf = workload::Zipf::new(spec.entities, 1.0);
+    let uniform = std::env::var("FSDB_UNIFORM").is_ok();
+    let entities: Vec<String> = (0..4096)
+        .map(|_| {
+            workload::Generator::customer(if uniform {
+                rng.below(spec.entities)
+            } else {
+                zipf.sample(&mut rng)
+            })
+        })
+        .collect();
+    let features = workload::FEATURES;
+    for e in &entities {
+        db.latest(e, &features).unwrap();
+    }
+    let n = 200_000;
+    let start = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(db.latest(&entities[i % entities.len()], &features).unwrap());
+    }
+    println!(
+        "latest: {:.2} µs/query",
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
