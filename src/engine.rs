@@ -78,7 +78,7 @@ impl Default for Options {
 }
 
 /// The name of the data directory's lock file.
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 const LOG_DIR: &str = "log";
 const STATE_DIR: &str = "state";
 const CATALOG_KEY: &[u8] = b"catalog";
@@ -692,6 +692,11 @@ impl Db {
             &serde_json::to_vec(&self.inner.registry.read().catalog).expect("catalog serializes"),
         );
         Ok(hasher.digest())
+    }
+
+    /// Check every log record's checksum.
+    pub fn verify_log(&self) -> Result<fsdb_storage::VerifyReport> {
+        Ok(self.inner.log.verify()?)
     }
 
     /// Whether the database can accept writes, and why not.

@@ -32,9 +32,11 @@
 
 pub mod agg;
 pub mod catalog;
+pub mod cli;
 mod engine;
 pub mod error;
 pub mod event;
+mod maintenance;
 mod query;
 pub mod time;
 pub mod value;
@@ -45,5 +47,6 @@ pub use engine::{AppendReport, ApplyReport, Db, Health, OpenReport, Options};
 pub use error::{Error, Result};
 pub use event::{Event, EventError, EventLimits};
 pub use fsdb_storage::Durability;
+pub use maintenance::{ReplayCheck, Stats};
 pub use query::FeatureRow;
 pub use value::{FieldType, Value, ValueType};

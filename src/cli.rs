@@ -1,0 +1,223 @@
+//! The `fsdb` command-line tool: apply, ingest, get, replay, verify, stats, demo.
+//!
+//! Every command takes `--data DIR` (default `./fsdb-data`, or `$FSDB_DATA`). Errors are
+//! one line on stderr and a non-zero exit; results a program reads are JSON on stdout.
+//! This is the only layer (with the HTTP server) that reads the environment and the wall
+//! clock.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::time::{SystemClock, parse_timestamp};
+use crate::{Db, Options};
+
+mod demo;
+mod ingest;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fsdb",
+    version,
+    about = "An embedded time-series feature database: the same feature values in training and serving."
+)]
+struct Cli {
+    /// The data directory.
+    #[arg(long, global = true, env = "FSDB_DATA", default_value = "./fsdb-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and register the streams and features of a definitions file.
+    Apply {
+        /// A TOML definitions file (see docs/semantics.md).
+        file: PathBuf,
+    },
+    /// Append events from NDJSON (.ndjson, .jsonl, .json) or CSV (.csv) files; `-` reads
+    /// NDJSON from stdin.
+    Ingest {
+        #[arg(long)]
+        stream: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Skip (and report) bad rows instead of stopping at the first one.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Events per append (each append is atomic and durable).
+        #[arg(long, default_value_t = 10_000)]
+        batch_events: usize,
+    },
+    /// Print an entity's feature values: latest, or as of a time.
+    Get {
+        entity: String,
+        /// Comma-separated feature names (default: every feature).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Epoch milliseconds or RFC 3339 (default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Rebuild the state from the log (built aside, swapped in atomically); with --verify,
+    /// compare the live state with a fresh replay instead and exit 1 on any difference.
+    Replay {
+        /// Limit the --verify comparison to these features.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Check every log record's checksum and the state against a fresh replay.
+    /// Exit 0: clean; 1: the state differs from a replay; 3: the log is damaged.
+    Verify,
+    /// Counts and sizes, as JSON.
+    Stats,
+    /// Generate a sample dataset, define features, ingest, and show latest values, values as
+    /// of past times, a small training set and a replay check.
+    Demo {
+        /// Keep the demo database in this (new or empty) directory instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+fn options() -> Options {
+    Options {
+        clock: Arc::new(SystemClock),
+        ..Options::default()
+    }
+}
+
+fn open(data: &Path) -> anyhow::Result<Db> {
+    Db::open(data, options()).with_context(|| format!("opening {}", data.display()))
+}
+
+/// Run the tool; prints errors as one line and maps outcomes to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("fsdb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let db = open(&cli.data)?;
+            let report = db
+                .apply(&text)
+                .with_context(|| format!("{}", file.display()))?;
+            print_json(&serde_json::json!({
+                "added_streams": report.added_streams,
+                "added_features": report.added_features,
+                "unchanged": report.unchanged,
+            }))?;
+            db.close()?;
+        }
+        Command::Ingest {
+            stream,
+            files,
+            skip_bad,
+            batch_events,
+        } => {
+            let db = open(&cli.data)?;
+            let report = ingest::ingest(&db, &stream, &files, skip_bad, batch_events)?;
+            db.close()?;
+            print_json(&report)?;
+        }
+        Command::Get {
+            entity,
+            features,
+            as_of,
+        } => {
+            let db = open(&cli.data)?;
+            let features = if features.is_empty() {
+                db.feature_names()
+            } else {
+                features
+            };
+            let names: Vec<&str> = features.iter().map(String::as_str).collect();
+            let row = match as_of {
+                Some(t) => db.as_of(&entity, &names, parse_timestamp(&t).context("--as-of")?)?,
+                None => db.latest(&entity, &names)?,
+            };
+            print_json(&row.to_json())?;
+        }
+        Command::Replay { features, verify } => {
+            if verify {
+                let db = open(&cli.data)?;
+                return verify_against_replay(&db, &features);
+            }
+            if !features.is_empty() {
+                let known = open(&cli.data)?.feature_names();
+                if let Some(name) = features.iter().find(|f| !known.contains(f)) {
+                    bail!("unknown feature {name:?}");
+                }
+            }
+            // Feature values are computed from their stream's events when queried, so there
+            // is no per-feature state: rebuilding means rebuilding the streams' state.
+            let replayed = Db::rebuild(&cli.data, options()).context("rebuilding the state")?;
+            print_json(&serde_json::json!({ "replayed_records": replayed }))?;
+        }
+        Command::Verify => {
+            let db = open(&cli.data)?;
+            match db.verify_log() {
+                Ok(report) => eprintln!(
+                    "log: {} records in {} segments, every checksum valid",
+                    report.records, report.segments
+                ),
+                Err(e) => {
+                    eprintln!("fsdb: log damaged: {e}");
+                    return Ok(ExitCode::from(3));
+                }
+            }
+            return verify_against_replay(&db, &[]);
+        }
+        Command::Stats => {
+            let db = open(&cli.data)?;
+            print_json(&db.stats()?)?;
+        }
+        Command::Demo { keep } => demo::run(keep)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Compare the live state with a fresh replay; exit 1 on any difference.
+fn verify_against_replay(db: &Db, features: &[String]) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::tempdir()?;
+    let check = db.check_against_replay(scratch.path(), &[], options())?;
+    let differences: std::collections::BTreeMap<&String, &u64> = check
+        .differences
+        .iter()
+        .filter(|(name, _)| features.is_empty() || features.contains(name))
+        .collect();
+    print_json(&serde_json::json!({
+        "state_digests_equal": check.digests_equal,
+        "entities_checked": check.entities_checked,
+        "times": check.times,
+        "differences": differences,
+        "examples": check.examples,
+    }))?;
+    let clean = check.digests_equal && differences.values().all(|&&n| n == 0);
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
