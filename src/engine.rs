@@ -493,7 +493,7 @@ impl Db {
                 reset_state(&state_dir, &options.state)?
             }
         };
-        let mut state_lsn = state.applied_lsn()?;
+        let state_lsn = state.applied_lsn()?;
         let log_options = LogOptions {
             durability: options.durability,
             segment_bytes_max: options.segment_bytes_max,
@@ -503,17 +503,9 @@ impl Db {
         };
         let log = Log::open(&dir.join(LOG_DIR), log_options)?;
         report.log = log.recovery_report().clone();
-        let mut state = state;
-        if state_lsn >= log.end_lsn() {
-            // Only possible if the log was replaced or emptied under the state.
-            report.rebuilt = Some(format!(
-                "the state is at LSN {state_lsn} but the log ends before {}",
-                log.end_lsn()
-            ));
-            drop(state);
-            state = reset_state(&state_dir, &options.state)?;
-            state_lsn = 0;
-        }
+        // A log that ends before the state's applied LSN lost acknowledged records; the
+        // durability hint above made its open refuse rather than serve from it.
+        debug_assert!(state_lsn < log.end_lsn());
         if state_lsn + 1 < log.first_lsn() {
             return Err(Error::LogBehindState {
                 log_first: log.first_lsn(),

@@ -3,6 +3,7 @@
 mod agg_laws;
 mod bad_input;
 mod bounded_work;
+mod cli;
 mod differential;
 mod edge_cases;
 mod reference;

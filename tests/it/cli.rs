@@ -1,0 +1,354 @@
+//! The `fsdb` binary, run as a user runs it: the demo, the quickstart flow with every input
+//! format, and the error paths (one line on stderr, non-zero exit).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const DEFINITIONS: &str = r#"
+[[stream]]
+name   = "transactions"
+entity = "card_id"
+time   = "ts"
+id     = "txn_id"
+[stream.fields]
+amount   = "float"
+merchant = "string"
+approved = "bool"
+
+[[feature]]
+name   = "card_txn_count_1h"
+stream = "transactions"
+agg    = "count"
+window = "1h"
+
+[[feature]]
+name   = "card_amount_sum_7d"
+stream = "transactions"
+agg    = "sum"
+field  = "amount"
+window = "7d"
+where  = "approved == true"
+"#;
+
+fn fsdb(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fsdb"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fsdb_stdin(data: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fsdb"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// One line on stderr, non-zero exit, containing `fragment`.
+fn fails_with(output: &Output, fragment: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line on stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(fragment),
+        "stderr {stderr:?} lacks {fragment:?}"
+    );
+}
+
+fn features(value: &serde_json::Value) -> (i64, f64) {
+    let f = &value["features"];
+    (
+        f["card_txn_count_1h"].as_i64().unwrap(),
+        f["card_amount_sum_7d"].as_f64().unwrap(),
+    )
+}
+
+#[test]
+fn demo_runs_and_replay_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fsdb"))
+        .args(["demo", "--keep"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("0 differences, state digests equal"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a 10-row training set"), "{stdout}");
+    // The kept database is usable by the other commands.
+    let data = dir.path().join("demo/data");
+    let row = ok(&fsdb(
+        &data,
+        &[
+            "get",
+            "cust0",
+            "--as-of",
+            "2026-01-30T00:00:00Z",
+            "--features",
+            "card_txn_count_lifetime",
+        ],
+    ));
+    assert!(row["features"]["card_txn_count_lifetime"].as_i64().unwrap() > 1000);
+}
+
+#[test]
+fn apply_ingest_every_format_get_replay_verify_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let defs = dir.path().join("features.toml");
+    std::fs::write(&defs, DEFINITIONS).unwrap();
+    let applied = ok(&fsdb(&data, &["apply", defs.to_str().unwrap()]));
+    assert_eq!(applied["added_features"].as_array().unwrap().len(), 2);
+    // Applying again changes nothing.
+    assert_eq!(
+        ok(&fsdb(&data, &["apply", defs.to_str().unwrap()]))["unchanged"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let ndjson = dir.path().join("a.ndjson");
+    std::fs::write(&ndjson, concat!(
+        r#"{"txn_id": "t1", "card_id": "c42", "ts": "2026-03-01T12:00:00Z", "amount": 12.5, "approved": true}"#, "\n",
+        "\n",
+        r#"{"txn_id": "t2", "card_id": "c42", "ts": 1772368200000, "amount": 40.0, "approved": false}"#, "\n",
+    )).unwrap();
+    let csv = dir.path().join("b.csv");
+    std::fs::write(&csv, "txn_id,card_id,ts,amount,merchant,approved\nt3,c42,2026-03-01T12:40:00Z,7.5,m1,true\nt4,c7,1772366400000,,m2,false\n").unwrap();
+    let report = ok(&fsdb(
+        &data,
+        &[
+            "ingest",
+            "--stream",
+            "transactions",
+            ndjson.to_str().unwrap(),
+            csv.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        (report["accepted"].as_i64(), report["duplicates"].as_i64()),
+        (Some(4), Some(0))
+    );
+    let stdin = r#"{"txn_id": "t5", "card_id": "c42", "ts": "2026-03-01T12:44:00Z", "amount": 1.0, "approved": true}
+{"txn_id": "t1", "card_id": "c42", "ts": "2026-03-01T12:00:00Z", "amount": 12.5, "approved": true}"#;
+    let report = ok(&fsdb_stdin(
+        &data,
+        &["ingest", "--stream", "transactions", "-"],
+        stdin,
+    ));
+    assert_eq!(
+        (report["accepted"].as_i64(), report["duplicates"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    let row = ok(&fsdb(
+        &data,
+        &["get", "c42", "--as-of", "2026-03-01T12:45:00Z"],
+    ));
+    assert_eq!(row["entity"], "c42");
+    assert_eq!(features(&row), (4, 21.0));
+    // Field order follows --features.
+    let row = ok(&fsdb(
+        &data,
+        &[
+            "get",
+            "c42",
+            "--as-of",
+            "1772370900000",
+            "--features",
+            "card_amount_sum_7d,card_txn_count_1h",
+        ],
+    ));
+    assert_eq!(
+        row["features"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["card_amount_sum_7d", "card_txn_count_1h"]
+    );
+    assert_eq!(features(&row), (3, 21.0));
+
+    let check = ok(&fsdb(&data, &["replay", "--verify"]));
+    assert_eq!(check["state_digests_equal"], true);
+    assert_eq!(ok(&fsdb(&data, &["replay"]))["replayed_records"], 6);
+    assert!(fsdb(&data, &["verify"]).status.success());
+    let stats = ok(&fsdb(&data, &["stats"]));
+    assert_eq!(
+        (
+            stats["entities"].as_i64(),
+            stats["events"].as_i64(),
+            stats["features"].as_i64()
+        ),
+        (Some(2), Some(5), Some(2))
+    );
+    // After the rebuild, the same answers.
+    assert_eq!(
+        features(&ok(&fsdb(
+            &data,
+            &["get", "c42", "--as-of", "2026-03-01T12:45:00Z"]
+        ))),
+        (4, 21.0)
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_leave_nothing_half_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let defs = dir.path().join("features.toml");
+    std::fs::write(
+        &defs,
+        DEFINITIONS.replace("window = \"7d\"", "window = \"7x\""),
+    )
+    .unwrap();
+    fails_with(
+        &fsdb(&data, &["apply", defs.to_str().unwrap()]),
+        "feature \"card_amount_sum_7d\": key \"window\"",
+    );
+    std::fs::write(&defs, DEFINITIONS).unwrap();
+    ok(&fsdb(&data, &["apply", defs.to_str().unwrap()]));
+
+    // A bad row stops the ingest; nothing of its batch is applied.
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        concat!(
+            r#"{"txn_id": "g1", "card_id": "c1", "ts": 1000, "amount": 1.0}"#,
+            "\n",
+            r#"{"txn_id": "g2", "card_id": "c1", "ts": 2000, "amount": "lots"}"#,
+            "\n",
+            r#"{"txn_id": "g3", "card_id": "c1", "ts": 3000, "amount": 3.0}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = fsdb(
+        &data,
+        &["ingest", "--stream", "transactions", bad.to_str().unwrap()],
+    );
+    fails_with(
+        &out,
+        "bad.ndjson:2: field \"amount\": expected float, found a string",
+    );
+    assert_eq!(
+        features(&ok(&fsdb(&data, &["get", "c1", "--as-of", "5000"]))).0,
+        0
+    );
+    // --skip-bad reports the line and ingests the rest.
+    let report = ok(&fsdb(
+        &data,
+        &[
+            "ingest",
+            "--stream",
+            "transactions",
+            "--skip-bad",
+            bad.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(report["accepted"], 2);
+    assert_eq!(report["rejected"][0]["line"], 2);
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "txn_id,card_id,ts,amount\nh1,c2,1000,abc\n").unwrap();
+    fails_with(
+        &fsdb(
+            &data,
+            &["ingest", "--stream", "transactions", csv.to_str().unwrap()],
+        ),
+        "bad.csv:2: field \"amount\": \"abc\" is not a float",
+    );
+
+    fails_with(
+        &fsdb(&data, &["get", "c1", "--features", "nope"]),
+        "unknown feature \"nope\"",
+    );
+    fails_with(
+        &fsdb(&data, &["get", "c1", "--as-of", "yesterday"]),
+        "--as-of",
+    );
+    fails_with(
+        &fsdb(
+            &data,
+            &["ingest", "--stream", "nope", bad.to_str().unwrap()],
+        ),
+        "unknown stream \"nope\"",
+    );
+    fails_with(
+        &fsdb(&data, &["ingest", "--stream", "transactions", "x.parquet"]),
+        "Parquet",
+    );
+
+    // A locked directory: another process (here, this one) has it open.
+    {
+        let _db = fsdb::Db::open(&data, fsdb::Options::default()).unwrap();
+        fails_with(&fsdb(&data, &["stats"]), "locked by another process");
+    }
+
+    // A damaged state directory is rebuilt from the log.
+    let state = data.join("state");
+    for entry in std::fs::read_dir(&state).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sst")
+            || path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST"))
+        {
+            std::fs::write(&path, b"garbage").unwrap();
+        }
+    }
+    assert_eq!(
+        features(&ok(&fsdb(&data, &["get", "c1", "--as-of", "5000"]))),
+        (2, 0.0)
+    );
+    std::fs::remove_dir_all(&state).unwrap();
+    assert_eq!(ok(&fsdb(&data, &["replay"]))["replayed_records"], 3);
+    assert_eq!(
+        features(&ok(&fsdb(&data, &["get", "c1", "--as-of", "5000"]))),
+        (2, 0.0)
+    );
+}
