@@ -4,8 +4,9 @@
 //! - **The log is the truth.** RocksDB state is a cache of a fold over the log:
 //!   `state == fold(apply, log[..=applied_lsn])`, committed atomically with `applied_lsn`.
 //!   Deleting the state directory and reopening rebuilds identical state.
-//! - **One apply.** [`Inner::apply_entry`] is the only code that turns log entries into
-//!   state; ingest, recovery, and full replay differ only in where entries come from.
+//! - **One apply.** `Inner::apply_event` is the only code that turns events into state
+//!   (and `Registry::add` the only code that turns definitions into catalog); ingest,
+//!   recovery and full replay differ only in where entries come from.
 //! - **Durable before visible.** An event is applied (and so visible to queries) only after
 //!   the log holds it durably (in `Sync` mode); `append` returns after it is applied
 //!   (read-your-writes).
@@ -31,7 +32,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
 use crate::event::{
-    Event, EventLimits, LogEntry, LogEntryRef, RowChunk, check_event, event_from_json,
+    Event, EventLimits, LogEntry, LogEntryBorrowed, LogEntryRef, RowChunk, ValueBorrowed,
+    check_event, event_from_json,
 };
 use crate::time::{Clock, SystemClock};
 use crate::value::{FieldType, Value};
@@ -149,8 +151,9 @@ pub(crate) struct FeatureSet {
 /// An entity's run in memory, and which of its events are not yet in the state store.
 pub(crate) struct EntityState {
     pub(crate) run: EntityRun,
-    /// (time, LSN) of events applied since the entity's last checkpoint.
-    unpersisted: Vec<(i64, Lsn)>,
+    /// Copies of the events applied since the entity's last checkpoint, encoded from here
+    /// by the next checkpoint.
+    unpersisted: page::Page,
     /// Values computed by `latest`, by feature slot, each with the times it holds for.
     /// Cleared whenever an event is inserted.
     pub(crate) latest: Vec<Option<Cached>>,
@@ -168,6 +171,37 @@ pub(crate) struct Cached {
 
 /// `None` while the entity is being loaded from the state store.
 pub(crate) type EntitySlot = Arc<Mutex<Option<EntityState>>>;
+
+/// A field value of an event as the engine stores it: 8 raw bytes, or null.
+pub(crate) trait EventValue {
+    fn cell(&self, strings: &StringTable) -> Option<u64>;
+}
+
+impl EventValue for Value {
+    fn cell(&self, strings: &StringTable) -> Option<u64> {
+        match self {
+            Value::Null => None,
+            Value::Int(i) => Some(*i as u64),
+            Value::Float(f) => Some(f.to_bits()),
+            Value::String(s) => Some(u64::from(strings.intern(s).0)),
+            Value::Bool(b) => Some(u64::from(*b)),
+            Value::List(_) => unreachable!("events carry no lists"),
+        }
+    }
+}
+
+impl EventValue for ValueBorrowed<'_> {
+    fn cell(&self, strings: &StringTable) -> Option<u64> {
+        match self {
+            ValueBorrowed::Null => None,
+            ValueBorrowed::Int(i) => Some(*i as u64),
+            ValueBorrowed::Float(f) => Some(f.to_bits()),
+            ValueBorrowed::String(s) => Some(u64::from(strings.intern(s).0)),
+            ValueBorrowed::Bool(b) => Some(u64::from(*b)),
+            ValueBorrowed::List(_) => unreachable!("events carry no lists"),
+        }
+    }
+}
 
 /// An entity with unpersisted events, for the next checkpoint.
 struct Dirty {
@@ -336,16 +370,9 @@ impl StreamState {
     }
 
     /// The raw cells of an event's values (interning strings), into `cells`.
-    fn cells(&self, values: &[Value], cells: &mut Vec<Option<u64>>) {
+    fn cells<V: EventValue>(&self, values: &[V], cells: &mut Vec<Option<u64>>) {
         cells.clear();
-        cells.extend(values.iter().map(|v| match v {
-            Value::Null => None,
-            Value::Int(i) => Some(*i as u64),
-            Value::Float(f) => Some(f.to_bits()),
-            Value::String(s) => Some(u64::from(self.strings.intern(s).0)),
-            Value::Bool(b) => Some(u64::from(*b)),
-            Value::List(_) => unreachable!("events carry no lists"),
-        }));
+        cells.extend(values.iter().map(|v| v.cell(&self.strings)));
     }
 
     /// The entity's slot; with `create`, an entity not yet in memory gets a slot (loaded on
@@ -421,7 +448,7 @@ impl StreamState {
         }
         Ok(EntityState {
             run,
-            unpersisted: Vec::new(),
+            unpersisted: page::Page::new(self.field_types.len()),
             latest: Vec::new(),
         })
     }
@@ -898,35 +925,8 @@ impl Inner {
         })
     }
 
-    /// **The one apply.** Turn one log entry into state.
-    fn apply_entry(&self, lsn: Lsn, entry: LogEntry, applied: &mut Applied) -> Result<()> {
-        match entry {
-            LogEntry::Definitions(definitions) => {
-                let mut registry = self.registry.write();
-                let plan = registry.catalog.plan(&definitions)?;
-                registry.add(&plan);
-                Ok(())
-            }
-            LogEntry::Event {
-                stream,
-                entity,
-                time_ms,
-                id,
-                values,
-            } => {
-                let Some(state) = self.registry.read().streams.get(stream as usize).cloned() else {
-                    return Err(Error::BadRecord {
-                        lsn,
-                        source: codec::CodecError::TrailingBytes { trailing: 0 },
-                    });
-                };
-                let hash = id.as_deref().map(|id| dedup_hash(stream, id));
-                self.apply_event(&state, lsn, &entity, time_ms, hash, &values, applied)
-            }
-        }
-    }
-
-    /// Insert one event into its entity's run and remember it for the next checkpoint.
+    /// **The one apply.** Insert one event into its entity's run and remember it for the
+    /// next checkpoint. Ingest and replay both call this; nothing else changes state.
     /// Idempotent: an event already present changes nothing.
     #[allow(
         clippy::too_many_arguments,
@@ -939,7 +939,7 @@ impl Inner {
         entity: &str,
         time_ms: i64,
         id_hash: Option<u128>,
-        values: &[Value],
+        values: &[impl EventValue],
         applied: &mut Applied,
     ) -> Result<()> {
         stream.cells(values, &mut applied.cells);
@@ -949,14 +949,14 @@ impl Inner {
         {
             let mut state = stream.lock_loaded(&slot, entity, &self.state)?;
             if state.run.insert(time_ms, lsn, &applied.cells) {
-                if state.unpersisted.is_empty() {
+                if state.unpersisted.len() == 0 {
                     applied.newly_dirty.push(Dirty {
                         stream: Arc::clone(stream),
                         name: entity.into(),
                         slot: Arc::clone(&slot),
                     });
                 }
-                state.unpersisted.push((time_ms, lsn));
+                state.unpersisted.insert(time_ms, lsn, &applied.cells);
                 state.latest.clear();
                 applied.events += 1;
             }
@@ -986,29 +986,96 @@ impl Inner {
     }
 
     /// Apply every log record from `from` on. Returns how many were applied.
+    ///
+    /// Records are read in batches; the events of a batch are applied by two threads,
+    /// split by entity (entities are independent, and applying is idempotent and
+    /// order-free within one). A definitions record is applied in its place, so the events
+    /// after it see the catalog it adds.
     fn replay_log(&self, from: Lsn) -> Result<u64> {
+        const BATCH_RECORDS: usize = 1 << 16;
         let mut scan = self.log.scan(from)?;
-        let mut count = 0;
-        let mut applied = Applied::default();
-        while let Some(record) = scan.next_record()? {
-            let lsn = record.lsn;
-            let entry: LogEntry =
-                codec::decode(record.payload).map_err(|source| Error::BadRecord { lsn, source })?;
-            self.apply_entry(lsn, entry, &mut applied)?;
-            count += 1;
-            if applied.events >= self.options.checkpoint_events {
-                let ids = std::mem::take(&mut applied.ids);
-                self.ingest.lock().extend(ids.iter().copied());
-                applied.ids = ids;
-                self.hand_over(std::mem::take(&mut applied));
-                self.applied.complete(self.applied.end(), lsn + 1);
+        let mut count = 0u64;
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut records: Vec<(Lsn, usize, usize)> = Vec::with_capacity(BATCH_RECORDS);
+        loop {
+            buffer.clear();
+            records.clear();
+            while records.len() < BATCH_RECORDS {
+                let Some(record) = scan.next_record()? else {
+                    break;
+                };
+                let start = buffer.len();
+                buffer.extend_from_slice(record.payload);
+                records.push((record.lsn, start, buffer.len()));
+            }
+            let Some(&(last, _, _)) = records.last() else {
+                break;
+            };
+            let mut events: Vec<(Lsn, LogEntryBorrowed<'_>)> = Vec::with_capacity(records.len());
+            for &(lsn, start, end) in &records {
+                let entry: LogEntryBorrowed<'_> = codec::decode_borrowed(&buffer[start..end])
+                    .map_err(|source| Error::BadRecord { lsn, source })?;
+                if let LogEntryBorrowed::Definitions(definitions) = entry {
+                    self.apply_events_parallel(&std::mem::take(&mut events))?;
+                    let mut registry = self.registry.write();
+                    let plan = registry.catalog.plan(&definitions)?;
+                    registry.add(&plan);
+                } else {
+                    events.push((lsn, entry));
+                }
+            }
+            self.apply_events_parallel(&events)?;
+            count += records.len() as u64;
+            self.applied.complete(self.applied.end(), last + 1);
+            if self.unpersisted_events.load(Ordering::Relaxed) >= self.options.checkpoint_events {
                 self.checkpoint()?;
             }
         }
-        self.ingest.lock().extend(applied.ids.iter().copied());
-        self.hand_over(applied);
-        self.applied.complete(self.applied.end(), scan.next_lsn());
         Ok(count)
+    }
+
+    /// Apply decoded event records on two threads, split by entity; hand the results over.
+    fn apply_events_parallel(&self, events: &[(Lsn, LogEntryBorrowed<'_>)]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let streams = self.registry.read().streams.clone();
+        let half_of = |entity: &str| xxhash_rust::xxh3::xxh3_64(entity.as_bytes()) & 1;
+        let work = |half: u64| -> Result<Applied> {
+            let mut applied = Applied::default();
+            for (lsn, entry) in events {
+                let LogEntryBorrowed::Event {
+                    stream,
+                    entity,
+                    time_ms,
+                    id,
+                    values,
+                } = entry
+                else {
+                    unreachable!("definitions are applied in order, not here")
+                };
+                if half_of(entity) != half {
+                    continue;
+                }
+                let state = streams.get(*stream as usize).ok_or(Error::BadRecord {
+                    lsn: *lsn,
+                    source: codec::CodecError::TrailingBytes { trailing: 0 },
+                })?;
+                let hash = id.map(|id| dedup_hash(*stream, id));
+                self.apply_event(state, *lsn, entity, *time_ms, hash, values, &mut applied)?;
+            }
+            Ok(applied)
+        };
+        let (first, second) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| work(1));
+            let mine = work(0);
+            (mine, other.join().expect("replay worker panicked"))
+        });
+        for applied in [first?, second?] {
+            self.ingest.lock().extend(applied.ids.iter().copied());
+            self.hand_over(applied);
+        }
+        Ok(())
     }
 
     /// Persist every applied event not yet in the state store, with `applied_lsn`.
@@ -1033,30 +1100,27 @@ impl Inner {
             return Ok(());
         }
         // Take each dirty entity's unpersisted rows and encode them as one chunk.
-        let mut taken: Vec<(Dirty, Vec<(i64, Lsn)>)> = Vec::with_capacity(dirty.len());
+        let mut taken: Vec<(Dirty, page::Page)> = Vec::with_capacity(dirty.len());
         let mut chunks = Vec::with_capacity(dirty.len());
         for entity in dirty {
             let mut guard = entity.slot.lock();
             let state = guard.as_mut().expect("dirty entities are loaded");
-            let keys = std::mem::take(&mut state.unpersisted);
-            if let Some(first) = keys.iter().map(|&(_, lsn)| lsn).min() {
+            let empty = page::Page::new(entity.stream.field_types.len());
+            let rows = std::mem::replace(&mut state.unpersisted, empty);
+            drop(guard);
+            if let Some(first) = (0..rows.len()).map(|row| rows.lsn(row)).min() {
                 let strings = entity.stream.strings.read();
                 let view = chunk::ChunkView {
-                    keys: &keys,
-                    run: &state.run,
+                    rows: &rows,
                     types: &entity.stream.field_types,
                     strings: &strings,
                 };
                 let key = chunk_key(entity.stream.id, &entity.name, first);
-                chunks.push((
-                    key,
-                    codec::encode(&view).expect("unpersisted rows are in their run"),
-                ));
+                chunks.push((key, codec::encode(&view).expect("chunks encode")));
             }
-            drop(guard);
-            taken.push((entity, keys));
+            taken.push((entity, rows));
         }
-        let events: usize = taken.iter().map(|(_, keys)| keys.len()).sum();
+        let events: usize = taken.iter().map(|(_, rows)| rows.len()).sum();
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
@@ -1089,12 +1153,17 @@ impl Inner {
             Err(e) => {
                 // Give everything back for the next attempt.
                 let mut dirty = self.dirty.lock();
-                for (entity, mut keys) in taken {
+                for (entity, rows) in taken {
                     let mut guard = entity.slot.lock();
                     let state = guard.as_mut().expect("dirty entities are loaded");
-                    let was_clean = state.unpersisted.is_empty();
-                    keys.append(&mut state.unpersisted);
-                    state.unpersisted = keys;
+                    let was_clean = state.unpersisted.len() == 0;
+                    for row in 0..rows.len() {
+                        state.unpersisted.insert(
+                            rows.time(row),
+                            rows.lsn(row),
+                            &rows.row_cells(row),
+                        );
+                    }
                     drop(guard);
                     if was_clean {
                         dirty.push(entity);

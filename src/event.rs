@@ -346,6 +346,37 @@ pub(crate) enum LogEntryRef<'a> {
     Definitions(&'a Definitions),
 }
 
+/// A [`LogEntry`] decoded without copying strings (for replay): same variants, same fields.
+#[derive(Debug, Deserialize)]
+pub(crate) enum LogEntryBorrowed<'a> {
+    Event {
+        stream: u32,
+        #[serde(borrow)]
+        entity: &'a str,
+        time_ms: i64,
+        #[serde(borrow)]
+        id: Option<&'a str>,
+        #[serde(borrow)]
+        values: Vec<ValueBorrowed<'a>>,
+    },
+    Definitions(Definitions),
+}
+
+/// A [`Value`] decoded without copying its string.
+#[derive(Debug, Deserialize)]
+pub(crate) enum ValueBorrowed<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    String(&'a str),
+    Bool(bool),
+    #[expect(
+        dead_code,
+        reason = "mirrors Value's variants so that indices match; events carry no lists"
+    )]
+    List(#[serde(borrow)] Vec<ValueBorrowed<'a>>),
+}
+
 /// Rows of one entity persisted by one checkpoint: (time, LSN, values in field order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RowChunk {

@@ -1,13 +1,12 @@
-//! Encoding an entity's unpersisted rows as a [`RowChunk`] straight from the pages, without
-//! materialising `Value`s: a borrowed serde view whose bincode bytes are identical to the
-//! owned `RowChunk`'s (a test checks it), so decoding needs nothing special.
+//! Encoding an entity's unpersisted rows as a [`RowChunk`] straight from their page,
+//! without materialising `Value`s: a borrowed serde view whose bincode bytes are identical
+//! to the owned `RowChunk`'s (a test checks it), so decoding needs nothing special.
 
 use serde::ser::{Serialize, SerializeStruct, SerializeTuple, Serializer};
 
 use crate::agg::{StrId, Strings};
 use crate::value::FieldType;
 
-use super::entity::EntityRun;
 use super::page::Page;
 
 /// `Value` without ownership: the same variants in the same order, so the same encoding.
@@ -20,10 +19,9 @@ enum ValueRef<'a> {
     Bool(bool),
 }
 
-/// The rows `keys` of `run`, serializing as `RowChunk { rows: Vec<(i64, u64, Vec<Value>)> }`.
+/// The rows of a page, serializing as `RowChunk { rows: Vec<(i64, u64, Vec<Value>)> }`.
 pub(crate) struct ChunkView<'a> {
-    pub(crate) keys: &'a [(i64, u64)],
-    pub(crate) run: &'a EntityRun,
+    pub(crate) rows: &'a Page,
     pub(crate) types: &'a [FieldType],
     pub(crate) strings: &'a dyn Strings,
 }
@@ -32,15 +30,10 @@ struct Rows<'a>(&'a ChunkView<'a>);
 
 struct Row<'a> {
     view: &'a ChunkView<'a>,
-    time: i64,
-    lsn: u64,
-}
-
-struct Cells<'a> {
-    view: &'a ChunkView<'a>,
-    page: &'a Page,
     row: usize,
 }
+
+struct Cells<'a>(Row<'a>);
 
 impl Serialize for ChunkView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -53,43 +46,33 @@ impl Serialize for ChunkView<'_> {
 impl Serialize for Rows<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let view = self.0;
-        serializer.collect_seq(view.keys.iter().map(|&(time, lsn)| Row { view, time, lsn }))
+        serializer.collect_seq((0..view.rows.len()).map(|row| Row { view, row }))
     }
 }
 
 impl Serialize for Row<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut tuple = serializer.serialize_tuple(3)?;
-        tuple.serialize_element(&self.time)?;
-        tuple.serialize_element(&self.lsn)?;
-        let cells = self
-            .view
-            .run
-            .with_row(self.time, self.lsn, |page, row| {
-                tuple.serialize_element(&Cells {
-                    view: self.view,
-                    page,
-                    row,
-                })
-            })
-            .ok_or_else(|| {
-                serde::ser::Error::custom("an unpersisted row is missing from its run")
-            })?;
-        cells?;
+        tuple.serialize_element(&self.view.rows.time(self.row))?;
+        tuple.serialize_element(&self.view.rows.lsn(self.row))?;
+        tuple.serialize_element(&Cells(Row {
+            view: self.view,
+            row: self.row,
+        }))?;
         tuple.end()
     }
 }
 
 impl Serialize for Cells<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let strings = self.view.strings;
-        serializer.collect_seq(self.view.types.iter().enumerate().map(|(column, ty)| {
-            match self.page.cell(column, self.row) {
+        let Row { view, row } = self.0;
+        serializer.collect_seq(view.types.iter().enumerate().map(|(column, ty)| {
+            match view.rows.cell(column, row) {
                 None => ValueRef::Null,
                 Some(raw) => match ty {
                     FieldType::Int => ValueRef::Int(raw as i64),
                     FieldType::Float => ValueRef::Float(f64::from_bits(raw)),
-                    FieldType::String => ValueRef::String(strings.get(StrId(raw as u32))),
+                    FieldType::String => ValueRef::String(view.strings.get(StrId(raw as u32))),
                     FieldType::Bool => ValueRef::Bool(raw != 0),
                 },
             }
@@ -114,7 +97,7 @@ mod tests {
             FieldType::Int,
             FieldType::Bool,
         ];
-        let mut run = EntityRun::new(types.len());
+        let mut page = Page::new(types.len());
         let rows: Vec<(i64, u64, Vec<Value>)> = (0..100)
             .map(|i| {
                 let values = vec![
@@ -142,16 +125,17 @@ mod tests {
                     Value::List(_) => unreachable!(),
                 })
                 .collect();
-            run.insert(*time, *lsn, &cells);
+            page.insert(*time, *lsn, &cells);
         }
-        let keys: Vec<(i64, u64)> = rows.iter().map(|(t, l, _)| (*t, *l)).collect();
         let view_strings = strings.read();
         let view = ChunkView {
-            keys: &keys,
-            run: &run,
+            rows: &page,
             types: &types,
             strings: &view_strings,
         };
+        // The page keeps rows sorted by (time, LSN): so must the owned chunk compared with.
+        let mut rows = rows;
+        rows.sort_by_key(|(time, lsn, _)| (*time, *lsn));
         let owned = RowChunk { rows };
         assert_eq!(
             fsdb_storage::codec::encode(&view).unwrap(),

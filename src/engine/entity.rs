@@ -128,29 +128,6 @@ impl EntityRun {
         self.root.first_at_or_after(next)
     }
 
-    /// Call `visit` with the page and row holding the event (time, LSN), if present.
-    pub(crate) fn with_row<R>(
-        &self,
-        time: i64,
-        lsn: u64,
-        visit: impl FnOnce(&Page, usize) -> R,
-    ) -> Option<R> {
-        let k = key(time);
-        let mut node = &self.root;
-        loop {
-            if !node.contains(k) {
-                return None;
-            }
-            match &node.body {
-                Body::Leaf(page) => return page.find(time, lsn).map(|row| visit(page, row)),
-                Body::Inner(children) => {
-                    let at = children.partition_point(|c| c.start <= k).checked_sub(1)?;
-                    node = &children[at];
-                }
-            }
-        }
-    }
-
     /// Fold the events with `lo < time <= hi` into `accs` (one per entry of `targets`, a
     /// list of feature slots).
     pub(crate) fn fold(

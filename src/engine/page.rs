@@ -81,11 +81,6 @@ impl Page {
         }
     }
 
-    /// The row holding (time, LSN), if any.
-    pub(crate) fn find(&self, time: i64, lsn: u64) -> Option<usize> {
-        self.position(time, lsn).ok()
-    }
-
     /// Insert a row; `false` (and no change) if a row with this (time, LSN) exists.
     pub(crate) fn insert(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) -> bool {
         debug_assert_eq!(cells.len(), self.columns);
@@ -108,6 +103,13 @@ impl Page {
             }
         }
         true
+    }
+
+    /// The cells of one row (for moving it to another page).
+    pub(crate) fn row_cells(&self, row: usize) -> Vec<Option<u64>> {
+        (0..self.columns)
+            .map(|column| self.cell(column, row))
+            .collect()
     }
 
     /// The rows with `lo <= time <= hi`.
@@ -168,8 +170,6 @@ mod tests {
         assert_eq!(page.rows_between(3, 5), 1..5);
         assert_eq!(page.rows_between(4, 4), 2..2);
         assert_eq!(page.rows_between(-5, -1), 0..1);
-        assert_eq!(page.find(5, 1), Some(3));
-        assert_eq!(page.find(5, 2), None);
         assert_eq!(page.extract(1..3).len(), 2);
     }
 }

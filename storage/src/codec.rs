@@ -37,6 +37,17 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::serde::encode_to_vec(value, configuration())?)
 }
 
+/// Decode a value that borrows from `bytes` (strings as `&str`), occupying all of it.
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(bytes, configuration())?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            trailing: bytes.len() - used,
+        });
+    }
+    Ok(value)
+}
+
 /// Decode a value that must occupy all of `bytes`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, configuration())?;

@@ -148,7 +148,10 @@ impl StateStore {
             block.set_bloom_filter(10.0, false);
             cf.set_block_based_table_factory(&block);
             cf.set_write_buffer_size(options.write_buffer_bytes);
-            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Fresh data (L0, L1) is rewritten soon by compaction: compressing it costs CPU
+            // on the checkpoint path for little; compress the levels that stay.
+            use rocksdb::DBCompressionType::{Lz4, None as Plain};
+            cf.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             ColumnFamilyDescriptor::new(table.cf_name(), cf)
         });
         let db = DB::open_cf_descriptors(&db_options, path, families).map_err(rocks)?;
