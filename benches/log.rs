@@ -84,6 +84,50 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
+/// `threads` appenders, each appending `batches` batches of 1,000 100-byte records (Sync).
+fn concurrent_batches(threads: usize, batches: usize) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), options(Durability::Sync)).unwrap());
+    let batch: Arc<Vec<Vec<u8>>> = Arc::new((0..1000).map(|i| vec![i as u8; 100]).collect());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (log, batch) = (Arc::clone(&log), Arc::clone(&batch));
+            std::thread::spawn(move || {
+                for _ in 0..batches {
+                    log.append(&batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn group_commit_batches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append_batch_1000_sync_concurrent");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    for threads in [1usize, 4] {
+        let batches = 400 / threads;
+        group.throughput(Throughput::Elements((threads * batches * 1000) as u64));
+        group.bench_function(
+            BenchmarkId::from_parameter(format!("{threads}_appenders")),
+            |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| concurrent_batches(threads, batches))
+                        .sum()
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
 fn scan(c: &mut Criterion) {
     let mut group = c.benchmark_group("scan");
     group
@@ -111,5 +155,11 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batched_append, group_commit, scan);
+criterion_group!(
+    benches,
+    batched_append,
+    group_commit,
+    group_commit_batches,
+    scan
+);
 criterion_main!(benches);

@@ -274,6 +274,8 @@ pub(crate) struct Shared {
     pub(crate) writer: Mutex<writer::Writer>,
     pub(crate) sync: Mutex<writer::SyncState>,
     pub(crate) synced: Condvar,
+    /// Wakes the syncer thread when an appender waits.
+    pub(crate) sync_wanted: Condvar,
     pub(crate) view: RwLock<View>,
     pub(crate) poison: Poison,
     pub(crate) closing: AtomicBool,
@@ -335,6 +337,7 @@ impl Log {
             writer: Mutex::new(recovered.writer),
             sync: Mutex::new(writer::SyncState::new(recovered.view.end_lsn)),
             synced: Condvar::new(),
+            sync_wanted: Condvar::new(),
             view: RwLock::new(recovered.view),
             poison: Poison::default(),
             closing: AtomicBool::new(false),
@@ -346,7 +349,8 @@ impl Log {
             Durability::Interval { interval_ms } => {
                 Some(writer::spawn_flusher(Arc::clone(&shared), interval_ms))
             }
-            Durability::Sync | Durability::NoSync => None,
+            Durability::Sync => Some(writer::spawn_syncer(Arc::clone(&shared))),
+            Durability::NoSync => None,
         };
         Ok(Log {
             shared,
@@ -451,7 +455,7 @@ impl Log {
             .sum()
     }
 
-    /// Make everything durable, stop the background flusher and release the lock.
+    /// Make everything durable, stop the background syncer or flusher and release the lock.
     pub fn close(mut self) -> Result<(), LogError> {
         self.shutdown()
     }
@@ -460,6 +464,11 @@ impl Log {
         self.shared.closing.store(true, Ordering::Release);
         if let Some(flusher) = self.flusher.take() {
             flusher.thread().unpark();
+            {
+                // Wake the syncer under its lock, so the wake-up cannot be missed.
+                let _state = self.shared.sync.lock();
+                self.shared.sync_wanted.notify_all();
+            }
             let _ = flusher.join();
         }
         if self.shared.poison.cause().is_some() {

@@ -36,6 +36,10 @@ pub(crate) struct SyncState {
     pub(crate) durable_end: Lsn,
     /// A leader is inside `fdatasync` now.
     syncing: bool,
+    /// The highest end an appender is waiting for (read by the syncer thread).
+    requested: Lsn,
+    /// A syncer thread serves `wait_durable` (Sync mode, while the log is open).
+    pub(crate) has_syncer: bool,
 }
 
 impl SyncState {
@@ -43,6 +47,8 @@ impl SyncState {
         Self {
             durable_end,
             syncing: false,
+            requested: durable_end,
+            has_syncer: false,
         }
     }
 }
@@ -148,6 +154,15 @@ pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
             return Ok(());
         }
         shared.poison.check()?;
+        if state.has_syncer {
+            // The syncer fsyncs back to back while anything is waiting; ask and wait.
+            if state.requested < end {
+                state.requested = end;
+                shared.sync_wanted.notify_one();
+            }
+            shared.synced.wait(&mut state);
+            continue;
+        }
         if state.syncing {
             shared.synced.wait(&mut state);
             continue;
@@ -262,6 +277,49 @@ fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
     w.offset = HEADER_BYTES as u64;
     w.durable_offset = HEADER_BYTES as u64;
     Ok(())
+}
+
+/// The syncer of `Durability::Sync`: fsync whenever an appender waits for records that are
+/// not durable yet, back to back under load, so that the next fsync starts the moment the
+/// previous one ends and covers everything written meanwhile (group commit without a
+/// leader hand-off).
+pub(crate) fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
+    shared.sync.lock().has_syncer = true;
+    std::thread::Builder::new()
+        .name("fsdb-log-syncer".into())
+        .spawn(move || {
+            loop {
+                {
+                    let mut state = shared.sync.lock();
+                    while state.requested <= state.durable_end {
+                        if shared.closing.load(Ordering::Acquire) {
+                            state.has_syncer = false;
+                            shared.synced.notify_all();
+                            return;
+                        }
+                        shared.sync_wanted.wait(&mut state);
+                    }
+                    state.syncing = true;
+                }
+                let result = sync_active(&shared);
+                let mut state = shared.sync.lock();
+                state.syncing = false;
+                let failed = result.is_err();
+                if let Ok(synced_end) = result {
+                    state.durable_end = state.durable_end.max(synced_end);
+                }
+                if failed {
+                    // Poisoned: waiters see it; later waits fall back to the leader path,
+                    // which reports the poison.
+                    state.has_syncer = false;
+                }
+                shared.synced.notify_all();
+                if failed {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the log syncer thread")
 }
 
 /// The background thread of `Durability::Interval`: fsync whatever was written, every
