@@ -9,7 +9,7 @@
 //!
 //! This module never sees events, rows or filters: the engine hands it non-null values.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
@@ -199,10 +199,17 @@ impl Item {
 /// One aggregation: its partial state and the four operations on it.
 pub trait Aggregator {
     type State: Clone;
+    /// Whether `retract` is available: removing an item folded in earlier, exactly.
+    const INVERTIBLE: bool = false;
     fn init(&self) -> Self::State;
     fn update(&self, state: &mut Self::State, item: Item, strings: &dyn Strings);
     fn merge(&self, state: &mut Self::State, other: &Self::State, strings: &dyn Strings);
     fn finish(&self, state: &Self::State, strings: &dyn Strings) -> Value;
+    /// Undo an earlier `update` with the same item; only when `INVERTIBLE`. The state is
+    /// then exactly the fold of the remaining items (sliding windows rely on it).
+    fn retract(&self, _state: &mut Self::State, _item: Item, _strings: &dyn Strings) {
+        unreachable!("retract on an aggregation that is not invertible")
+    }
 }
 
 /// `count`: events (no field) or non-null values.
@@ -211,6 +218,10 @@ pub struct Count;
 
 impl Aggregator for Count {
     type State = u64;
+    const INVERTIBLE: bool = true;
+    fn retract(&self, state: &mut u64, _: Item, _: &dyn Strings) {
+        *state -= 1;
+    }
     fn init(&self) -> u64 {
         0
     }
@@ -231,6 +242,13 @@ pub struct SumInt;
 
 impl Aggregator for SumInt {
     type State = i128;
+    const INVERTIBLE: bool = true;
+    fn retract(&self, state: &mut i128, item: Item, _: &dyn Strings) {
+        let Scalar::Int(v) = item.value else {
+            panic!("sum of ints over {:?}", item.value)
+        };
+        *state -= i128::from(v);
+    }
     fn init(&self) -> i128 {
         0
     }
@@ -254,6 +272,10 @@ pub struct SumFloat;
 
 impl Aggregator for SumFloat {
     type State = ExactSum;
+    const INVERTIBLE: bool = true;
+    fn retract(&self, state: &mut ExactSum, item: Item, _: &dyn Strings) {
+        state.sub(item.value.as_f64());
+    }
     fn init(&self) -> ExactSum {
         ExactSum::new()
     }
@@ -366,6 +388,19 @@ impl Moments {
         }
     }
 
+    /// Undo `add(x, squares)` exactly.
+    fn remove(&mut self, x: f64, squares: bool) {
+        self.n -= 1;
+        self.sum.sub(x);
+        if squares {
+            let hi = x * x;
+            self.sum_sq.sub(hi);
+            if hi.is_finite() {
+                self.sum_sq.sub(x.mul_add(x, -hi));
+            }
+        }
+    }
+
     fn merge(&mut self, other: &Moments) {
         self.n += other.n;
         self.sum.merge(&other.sum);
@@ -397,6 +432,10 @@ pub struct Avg;
 
 impl Aggregator for Avg {
     type State = Moments;
+    const INVERTIBLE: bool = true;
+    fn retract(&self, state: &mut Moments, item: Item, _: &dyn Strings) {
+        state.remove(item.value.as_f64(), false);
+    }
     fn init(&self) -> Moments {
         Moments::default()
     }
@@ -417,6 +456,10 @@ pub struct Spread<const SQRT: bool>;
 
 impl<const SQRT: bool> Aggregator for Spread<SQRT> {
     type State = Moments;
+    const INVERTIBLE: bool = true;
+    fn retract(&self, state: &mut Moments, item: Item, _: &dyn Strings) {
+        state.remove(item.value.as_f64(), true);
+    }
     fn init(&self) -> Moments {
         Moments::default()
     }
@@ -505,19 +548,33 @@ impl Aggregator for LastN {
 pub struct CountDistinct;
 
 impl Aggregator for CountDistinct {
-    type State = FxHashSet<u64>;
-    fn init(&self) -> FxHashSet<u64> {
-        FxHashSet::default()
+    /// How many times each distinct value was folded in (so that it can be retracted).
+    type State = FxHashMap<u64, u32>;
+    const INVERTIBLE: bool = true;
+    fn init(&self) -> FxHashMap<u64, u32> {
+        FxHashMap::default()
     }
-    fn update(&self, state: &mut FxHashSet<u64>, item: Item, _: &dyn Strings) {
-        state.insert(item.value.distinct_key());
+    fn update(&self, state: &mut FxHashMap<u64, u32>, item: Item, _: &dyn Strings) {
+        *state.entry(item.value.distinct_key()).or_insert(0) += 1;
     }
-    fn merge(&self, state: &mut FxHashSet<u64>, other: &FxHashSet<u64>, _: &dyn Strings) {
+    fn merge(&self, state: &mut FxHashMap<u64, u32>, other: &FxHashMap<u64, u32>, _: &dyn Strings) {
         state.reserve(other.len());
-        state.extend(other.iter().copied());
+        for (&key, &count) in other {
+            *state.entry(key).or_insert(0) += count;
+        }
     }
-    fn finish(&self, state: &FxHashSet<u64>, _: &dyn Strings) -> Value {
+    fn finish(&self, state: &FxHashMap<u64, u32>, _: &dyn Strings) -> Value {
         Value::Int(state.len() as i64)
+    }
+    fn retract(&self, state: &mut FxHashMap<u64, u32>, item: Item, _: &dyn Strings) {
+        let key = item.value.distinct_key();
+        let count = state
+            .get_mut(&key)
+            .expect("retracting a value that was folded in");
+        *count -= 1;
+        if *count == 0 {
+            state.remove(&key);
+        }
     }
 }
 
@@ -551,7 +608,7 @@ pub enum Acc {
     Moments(Box<Moments>),
     Edge(Option<Item>),
     LastN(Vec<Item>),
-    Distinct(Box<FxHashSet<u64>>),
+    Distinct(Box<FxHashMap<u64, u32>>),
     Hll(Box<Hll>),
 }
 
@@ -651,6 +708,37 @@ impl AggSpec {
             (AggKind::LastN, Acc::LastN(s)) => self.last_n().finish(s, strings),
             (AggKind::CountDistinct, Acc::Distinct(s)) => CountDistinct.finish(s, strings),
             (AggKind::ApproxCountDistinct, Acc::Hll(s)) => ApproxCountDistinct.finish(s, strings),
+            (kind, acc) => mismatch(kind, acc),
+        }
+    }
+
+    /// Whether `retract` is available for this aggregation.
+    pub fn invertible(&self) -> bool {
+        match self.kind {
+            AggKind::Count => Count::INVERTIBLE,
+            AggKind::Sum => SumInt::INVERTIBLE && SumFloat::INVERTIBLE,
+            AggKind::Avg => Avg::INVERTIBLE,
+            AggKind::Variance | AggKind::Stddev => {
+                Spread::<false>::INVERTIBLE && Spread::<true>::INVERTIBLE
+            }
+            AggKind::CountDistinct => CountDistinct::INVERTIBLE,
+            AggKind::Min | AggKind::Max => Extreme::<false>::INVERTIBLE,
+            AggKind::First | AggKind::Last => Edge::<false>::INVERTIBLE,
+            AggKind::LastN => LastN::INVERTIBLE,
+            AggKind::ApproxCountDistinct => ApproxCountDistinct::INVERTIBLE,
+        }
+    }
+
+    /// Remove an item folded in earlier (only if [`AggSpec::invertible`]).
+    pub fn retract(&self, acc: &mut Acc, item: Item, strings: &dyn Strings) {
+        match (self.kind, acc) {
+            (AggKind::Count, Acc::Count(s)) => Count.retract(s, item, strings),
+            (AggKind::Sum, Acc::SumInt(s)) => SumInt.retract(s, item, strings),
+            (AggKind::Sum, Acc::SumFloat(s)) => SumFloat.retract(s, item, strings),
+            (AggKind::Avg, Acc::Moments(s)) => Avg.retract(s, item, strings),
+            (AggKind::Variance, Acc::Moments(s)) => Spread::<false>.retract(s, item, strings),
+            (AggKind::Stddev, Acc::Moments(s)) => Spread::<true>.retract(s, item, strings),
+            (AggKind::CountDistinct, Acc::Distinct(s)) => CountDistinct.retract(s, item, strings),
             (kind, acc) => mismatch(kind, acc),
         }
     }

@@ -39,6 +39,7 @@ pub mod event;
 mod maintenance;
 mod query;
 pub mod time;
+mod training;
 pub mod value;
 pub mod workload;
 
@@ -49,4 +50,5 @@ pub use event::{Event, EventError, EventLimits};
 pub use fsdb_storage::Durability;
 pub use maintenance::{ReplayCheck, Stats};
 pub use query::FeatureRow;
+pub use training::TrainingSet;
 pub use value::{FieldType, Value, ValueType};

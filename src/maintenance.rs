@@ -12,7 +12,6 @@ use serde::Serialize;
 use crate::engine::{Db, Options};
 use crate::error::{Error, Result};
 use crate::time::TimestampMs;
-use crate::value::Value;
 
 /// What `fsdb stats` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -272,18 +271,5 @@ impl Db {
             }
         }
         Ok(replayed)
-    }
-
-    /// Point-in-time join: for each `(entity, time)` of the spine, the features as of that
-    /// time, in spine order. Every value equals what `as_of` returns.
-    pub fn training_set(
-        &self,
-        spine: &[(String, TimestampMs)],
-        features: &[&str],
-    ) -> Result<Vec<Vec<Value>>> {
-        spine
-            .iter()
-            .map(|(entity, t)| Ok(self.as_of(entity, features, *t)?.values))
-            .collect()
     }
 }

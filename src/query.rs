@@ -51,15 +51,15 @@ impl FeatureRow {
 }
 
 /// Requested features resolved to their stream and slot, grouped by stream.
-struct Plan {
-    names: Arc<[String]>,
+pub(crate) struct Plan {
+    pub(crate) names: Arc<[String]>,
     /// stream index -> (position in the answer, slot)
-    by_stream: BTreeMap<usize, Vec<(usize, usize)>>,
-    streams: Vec<Arc<StreamState>>,
+    pub(crate) by_stream: BTreeMap<usize, Vec<(usize, usize)>>,
+    pub(crate) streams: Vec<Arc<StreamState>>,
 }
 
 impl Db {
-    fn plan(&self, features: &[&str]) -> Result<Plan> {
+    pub(crate) fn plan(&self, features: &[&str]) -> Result<Plan> {
         let registry = self.inner.registry.read();
         let mut by_stream: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
         for (position, name) in features.iter().enumerate() {

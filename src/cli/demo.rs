@@ -241,12 +241,11 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         .collect();
     let body: Vec<Vec<String>> = spine
         .iter()
-        .zip(&values)
         .enumerate()
-        .map(|(i, ((entity, t), row))| {
+        .map(|(i, (entity, t))| {
             [entity.clone(), format_timestamp(*t), (i % 2).to_string()]
                 .into_iter()
-                .chain(row.iter().map(show))
+                .chain(values.row(i).iter().map(show))
                 .collect()
         })
         .collect();

@@ -122,6 +122,13 @@ impl EntityRun {
         self.root.insert(k, time, lsn, cells, self.columns)
     }
 
+    /// Every event, as (page, row), in (time, LSN) order.
+    pub(crate) fn rows(&self) -> Vec<(&Page, u32)> {
+        let mut out = Vec::with_capacity(self.root.count);
+        self.root.collect_rows(&mut out);
+        out
+    }
+
     /// The earliest event time strictly after `time`, if any.
     pub(crate) fn first_time_after(&self, time: i64) -> Option<i64> {
         let next = time.checked_add(1)?;
@@ -183,6 +190,13 @@ impl Node {
                     .iter()
                     .find_map(|c| c.first_at_or_after(time))
             }
+        }
+    }
+
+    fn collect_rows<'a>(&'a self, out: &mut Vec<(&'a Page, u32)>) {
+        match &self.body {
+            Body::Leaf(page) => out.extend((0..page.len()).map(|row| (page, row as u32))),
+            Body::Inner(children) => children.iter().for_each(|c| c.collect_rows(out)),
         }
     }
 

@@ -140,3 +140,26 @@ proptest! {
         prop_assert_eq!(empty, expected_empty);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// Retracting items from an invertible aggregation leaves exactly (bit for bit) the fold
+    /// of the items that remain: sliding windows may add and remove in any order.
+    #[test]
+    fn retract_law((spec, items) in spec_and_items(), mask: u64) {
+        prop_assume!(spec.invertible());
+        let strings = strings();
+        let mut acc = fold(&spec, &items, &strings);
+        let mut kept = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if mask >> (i % 64) & 1 == 1 {
+                spec.retract(&mut acc, *item, &strings);
+            } else {
+                kept.push(*item);
+            }
+        }
+        let expected = spec.finish(&fold(&spec, &kept, &strings), &strings);
+        prop_assert_eq!(spec.finish(&acc, &strings), expected, "{:?}", spec.kind);
+    }
+}
