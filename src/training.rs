@@ -8,6 +8,7 @@
 //! - the others (`min`, `max`, `first`, `last`, `last_n`) use a two-stacks sliding
 //!   aggregate over `update` and `merge`;
 //! - `approx_count_distinct` (16 KiB states) folds the entity's tiles per row, like `as_of`.
+//!
 //! Every aggregation's result is a function of the set of events in the window, so all
 //! three give exactly `as_of`'s value (tests compare them row by row with `==`).
 //! Entities are split between two threads. Results are kept as typed 8-byte cells.
