@@ -17,6 +17,7 @@ use crate::{Db, Options};
 
 mod demo;
 mod ingest;
+mod training;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +76,37 @@ enum Command {
     /// Check every log record's checksum and the state against a fresh replay.
     /// Exit 0: clean; 1: the state differs from a replay; 3: the log is damaged.
     Verify,
+    /// Point-in-time join: each spine row (entity, time, other columns) with the features as
+    /// of its time. Spine: .csv, .ndjson or .parquet; output by extension: .parquet, .csv
+    /// or .ndjson.
+    TrainingSet {
+        #[arg(long)]
+        spine: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated feature names (default: every feature).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        #[arg(long, default_value = "entity")]
+        entity_column: String,
+        #[arg(long, default_value = "ts")]
+        time_column: String,
+        /// Skip (and report) spine rows with no entity or a bad time instead of failing.
+        #[arg(long)]
+        skip_bad: bool,
+    },
+    /// Write the reference workload (DESIGN §5) as files: definitions.toml, transactions.csv,
+    /// clicks.csv and spine.csv (entity, ts, label).
+    Generate {
+        /// S (1M events, 10k entities), M (10M, 100k) or demo (200k, 2k).
+        #[arg(long, default_value = "S")]
+        scale: String,
+        /// Spine rows (default: a tenth of the events).
+        #[arg(long)]
+        spine_rows: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Counts and sizes, as JSON.
     Stats,
     /// Generate a sample dataset, define features, ingest, and show latest values, values as
@@ -109,8 +141,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Print a line to stdout. A closed stdout (`fsdb ... | head`) ends the program quietly,
+/// as it does for other command-line tools.
+pub(crate) fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("fsdb: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say(serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -189,6 +235,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return verify_against_replay(&db, &[]);
         }
+        Command::TrainingSet {
+            spine,
+            out,
+            features,
+            entity_column,
+            time_column,
+            skip_bad,
+        } => {
+            let db = open(&cli.data)?;
+            training::run(
+                &db,
+                &spine,
+                &out,
+                features,
+                &entity_column,
+                &time_column,
+                skip_bad,
+            )?;
+        }
+        Command::Generate {
+            scale,
+            spine_rows,
+            out,
+        } => training::generate(&scale, spine_rows, &out)?,
         Command::Stats => {
             let db = open(&cli.data)?;
             print_json(&db.stats()?)?;

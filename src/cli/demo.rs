@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+macro_rules! say {
+    ($($arg:tt)*) => { super::say(format!($($arg)*)) };
+}
+
 use anyhow::{Context, bail};
 
 use crate::time::{ManualClock, format_timestamp};
@@ -62,7 +66,7 @@ fn table(header: &[String], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("  {}", padded.join("  ").trim_end());
+        say!("  {}", padded.join("  ").trim_end());
     };
     line(header);
     line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
@@ -103,11 +107,13 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let spec = WorkloadSpec::DEMO;
     let now = spec.end_ms();
-    println!(
+    say!(
         "fsdb demo: {} card transactions and web clicks of {} customers over {} days,",
-        spec.events, spec.entities, spec.days
+        spec.events,
+        spec.entities,
+        spec.days
     );
-    println!(
+    say!(
         "in {} (\"now\" is the end of the sample: {})\n",
         dir.display(),
         format_timestamp(now)
@@ -138,7 +144,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let definitions_path = sample.join("features.toml");
     std::fs::write(&definitions_path, definitions())?;
-    println!(
+    say!(
         "1. wrote {} and {} (sample data) and {} (16 features: every aggregation; two are batch features, freshness = 1d)",
         tx_path.display(),
         clicks_path.display(),
@@ -157,7 +163,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let t = Instant::now();
     let tx = super::ingest::ingest(&db, "transactions", &[tx_path], false, 10_000)?;
     let clicks = super::ingest::ingest(&db, "clicks", &[clicks_path], false, 10_000)?;
-    println!(
+    say!(
         "2. ingested {} transactions ({} duplicate retries skipped) and {} clicks in {:.2}s, each batch durable (fsync) before acknowledged\n",
         tx.accepted,
         tx.duplicates,
@@ -173,7 +179,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         .iter()
         .map(|e| db.latest(e, &names))
         .collect::<Result<_, _>>()?;
-    println!("3. latest values (what a model sees when serving now):");
+    say!("3. latest values (what a model sees when serving now):");
     let header: Vec<String> = std::iter::once("feature".to_owned())
         .chain(entities.iter().map(|e| (*e).to_owned()))
         .collect();
@@ -204,7 +210,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         now - 60_000,
         now,
     ];
-    println!(
+    say!(
         "\n4. cust0 as of past times (windows are exact at every millisecond; the last two columns are batch features, read as of the start of their day):"
     );
     let header: Vec<String> = std::iter::once("as of".to_owned())
@@ -231,7 +237,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         "card_txn_count_lifetime",
     ];
     let values = db.training_set(&spine, &training)?;
-    println!(
+    say!(
         "\n5. a 10-row training set (point in time: no value sees events after its row's time; each equals as_of at that time):"
     );
     let header: Vec<String> = ["entity", "ts", "label"]
@@ -258,7 +264,7 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         .check_against_replay(scratch_replay.path(), &[], options())
         .context("replaying the log")?;
     let differences: u64 = check.differences.values().sum();
-    println!(
+    say!(
         "\n6. replay --verify: rebuilt the state from the log and compared {} features x {} entities x {} times: {} differences, state digests {} ({:.2}s)",
         check.differences.len(),
         check.entities_checked,
@@ -272,9 +278,9 @@ pub(crate) fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     db.close()?;
-    println!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
+    say!("\ndone in {:.1}s.", started.elapsed().as_secs_f64());
     if scratch_is_kept(&dir) {
-        println!(
+        say!(
             "Try: fsdb --data {} get cust0 --as-of {}",
             data.display(),
             format_timestamp(now - 3_600_000)

@@ -7,3 +7,4 @@ mod cli;
 mod differential;
 mod edge_cases;
 mod reference;
+mod training;
