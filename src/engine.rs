@@ -62,6 +62,9 @@ pub struct Options {
     pub checkpoint_events: usize,
     /// ...or when this much time has passed with any pending.
     pub checkpoint_interval_ms: u64,
+    /// Memory for entities' events in memory; past it, entities not used lately are
+    /// dropped after a checkpoint (and read back from the state store when needed).
+    pub cache_bytes_max: usize,
     pub state: StateOptions,
 }
 
@@ -74,6 +77,7 @@ impl Default for Options {
             segment_bytes_max: 64 << 20,
             checkpoint_events: 1_000_000,
             checkpoint_interval_ms: 5_000,
+            cache_bytes_max: 512 << 20,
             state: StateOptions::default(),
         }
     }
@@ -97,6 +101,16 @@ pub struct OpenReport {
     /// Why the state was rebuilt from the whole log, if it was.
     pub rebuilt: Option<String>,
     pub log: fsdb_storage::RecoveryReport,
+}
+
+/// The entity cache, for operations and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub entities_in_memory: usize,
+    /// Approximate bytes of the entities in memory.
+    pub bytes_held: usize,
+    /// Entities dropped from memory by the budget since the database was opened.
+    pub evicted: u64,
 }
 
 /// The writer's state, for health checks.
@@ -157,6 +171,17 @@ pub(crate) struct EntityState {
     /// Values computed by `latest`, by feature slot, each with the times it holds for.
     /// Cleared whenever an event is inserted.
     pub(crate) latest: Vec<Option<Cached>>,
+    /// Set whenever the entity is locked; cleared by the evictor (CLOCK).
+    touched: bool,
+}
+
+impl EntityState {
+    /// Approximate heap bytes (for the cache budget).
+    fn heap_bytes(&self) -> usize {
+        self.run.heap_bytes()
+            + self.unpersisted.heap_bytes()
+            + self.latest.len() * std::mem::size_of::<Option<Cached>>()
+    }
 }
 
 /// A feature value, valid for every query time in `[from, until)` while the entity's
@@ -315,6 +340,8 @@ pub(crate) struct Inner {
     poison: Mutex<Option<String>>,
     /// The last background checkpoint failure, if the latest attempt failed.
     checkpoint_error: Mutex<Option<String>>,
+    /// Entities dropped from memory by the cache budget, since open.
+    evicted: AtomicU64,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -414,8 +441,59 @@ impl StreamState {
             *guard = Some(self.load(name, store)?);
         }
         Ok(parking_lot::MutexGuard::map(guard, |s| {
-            s.as_mut().expect("loaded above")
+            let state = s.as_mut().expect("loaded above");
+            state.touched = true;
+            state
         }))
+    }
+
+    /// Bytes of the entities in memory (those locked right now are not counted).
+    fn held_bytes(&self) -> usize {
+        self.entities
+            .iter()
+            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .filter_map(|slot| {
+                slot.try_lock()
+                    .and_then(|g| g.as_ref().map(EntityState::heap_bytes))
+            })
+            .sum()
+    }
+
+    /// Drop entities from memory until the stream holds at most `target` bytes, or no
+    /// entity can go. An entity goes only if all its events are persisted, nobody holds it
+    /// (the map's `Arc` is the only one, checked under the shard's write lock, so no query
+    /// or append can be about to use it), and it was not used since the previous pass.
+    /// Returns how many entities it dropped.
+    fn evict(&self, target: usize) -> usize {
+        let mut evicted = 0;
+        let mut held = self.held_bytes();
+        if held <= target {
+            return 0;
+        }
+        for shard in &self.entities {
+            let mut map = shard.write();
+            map.retain(|_, slot| {
+                if held <= target || Arc::strong_count(slot) > 1 {
+                    return true;
+                }
+                let Some(mut guard) = slot.try_lock() else {
+                    return true;
+                };
+                let Some(state) = guard.as_mut() else {
+                    return true;
+                };
+                if state.unpersisted.len() > 0 {
+                    return true;
+                }
+                if std::mem::take(&mut state.touched) {
+                    return true;
+                }
+                held = held.saturating_sub(state.heap_bytes());
+                evicted += 1;
+                false
+            });
+        }
+        evicted
     }
 
     /// Read an entity's persisted chunks into a run. Chunks may overlap after a crash
@@ -450,6 +528,7 @@ impl StreamState {
             run,
             unpersisted: page::Page::new(self.field_types.len()),
             latest: Vec::new(),
+            touched: true,
         })
     }
 }
@@ -566,6 +645,7 @@ impl Db {
             shutdown: Mutex::new(false),
             poison: Mutex::new(None),
             checkpoint_error: Mutex::new(None),
+            evicted: AtomicU64::new(0),
             dir,
             options,
             _lock: lock,
@@ -625,9 +705,12 @@ impl Db {
         self.inner.append(&stream, &events)
     }
 
-    /// Write everything applied so far to the state store now.
+    /// Write everything applied so far to the state store now, then keep the entities in
+    /// memory within `Options::cache_bytes_max`.
     pub fn checkpoint(&self) -> Result<()> {
-        self.inner.checkpoint()
+        self.inner.checkpoint()?;
+        self.inner.evict();
+        Ok(())
     }
 
     /// The registered definitions.
@@ -716,6 +799,19 @@ impl Db {
     /// Check every log record's checksum.
     pub fn verify_log(&self) -> Result<fsdb_storage::VerifyReport> {
         Ok(self.inner.log.verify()?)
+    }
+
+    /// How much of the entities' events is in memory.
+    pub fn cache_stats(&self) -> CacheStats {
+        let streams = self.inner.registry.read().streams.clone();
+        CacheStats {
+            entities_in_memory: streams
+                .iter()
+                .map(|s| s.entities.iter().map(|m| m.read().len()).sum::<usize>())
+                .sum(),
+            bytes_held: streams.iter().map(|s| s.held_bytes()).sum(),
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the database can accept writes, and why not.
@@ -1178,6 +1274,25 @@ impl Inner {
         }
     }
 
+    /// Keep the entities in memory within `cache_bytes_max`: each stream gives up its
+    /// share of the excess, coldest entities first.
+    fn evict(&self) {
+        let streams = self.registry.read().streams.clone();
+        let held: Vec<usize> = streams.iter().map(|s| s.held_bytes()).collect();
+        let total: usize = held.iter().sum();
+        let budget = self.options.cache_bytes_max;
+        if total <= budget {
+            return;
+        }
+        // Aim below the budget so that the next pass has room.
+        let target = budget / 10 * 9;
+        for (stream, bytes) in streams.iter().zip(held) {
+            let share = (bytes as u128 * target as u128 / total as u128) as usize;
+            let evicted = stream.evict(share);
+            self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+        }
+    }
+
     fn run_checkpointer(&self) {
         let interval = Duration::from_millis(self.options.checkpoint_interval_ms.max(1));
         loop {
@@ -1196,7 +1311,11 @@ impl Inner {
             }
             // The log holds everything; a failed checkpoint is retried by the next one (or
             // replayed on reopen), and reported by `Db::health`.
-            *self.checkpoint_error.lock() = self.checkpoint().err().map(|e| e.to_string());
+            let result = self.checkpoint();
+            if result.is_ok() {
+                self.evict();
+            }
+            *self.checkpoint_error.lock() = result.err().map(|e| e.to_string());
         }
     }
 }

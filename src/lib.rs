@@ -46,7 +46,7 @@ pub mod value;
 pub mod workload;
 
 pub use engine::entity::QueryStats;
-pub use engine::{AppendReport, ApplyReport, Db, Health, OpenReport, Options};
+pub use engine::{AppendReport, ApplyReport, CacheStats, Db, Health, OpenReport, Options};
 pub use error::{Error, Result};
 pub use event::{Event, EventError, EventLimits};
 pub use fsdb_storage::Durability;

@@ -122,6 +122,11 @@ impl EntityRun {
         self.root.insert(k, time, lsn, cells, self.columns)
     }
 
+    /// Approximate heap bytes: pages, tiles and cached summaries.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.root.heap_bytes()
+    }
+
     /// Every event, as (page, row), in (time, LSN) order.
     pub(crate) fn rows(&self) -> Vec<(&Page, u32)> {
         let mut out = Vec::with_capacity(self.root.count);
@@ -191,6 +196,19 @@ impl Node {
                     .find_map(|c| c.first_at_or_after(time))
             }
         }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let summary = self
+            .summary
+            .as_ref()
+            .map_or(0, |s| s.accs.iter().map(acc_bytes).sum());
+        std::mem::size_of::<Node>()
+            + summary
+            + match &self.body {
+                Body::Leaf(page) => page.heap_bytes(),
+                Body::Inner(children) => children.iter().map(Node::heap_bytes).sum(),
+            }
     }
 
     fn collect_rows<'a>(&'a self, out: &mut Vec<(&'a Page, u32)>) {
@@ -374,6 +392,21 @@ impl Node {
             accs: accs.into_boxed_slice(),
         });
     }
+}
+
+/// Approximate heap bytes of an accumulator.
+fn acc_bytes(acc: &Acc) -> usize {
+    std::mem::size_of::<Acc>()
+        + match acc {
+            Acc::Distinct(set) => set.capacity() * 16,
+            Acc::Hll(hll) => match &**hll {
+                crate::agg::hll::Hll::Sparse(hashes) => hashes.capacity() * 8,
+                crate::agg::hll::Hll::Dense(_) => 1 << crate::agg::hll::PRECISION,
+            },
+            Acc::LastN(items) => items.capacity() * std::mem::size_of::<crate::agg::Item>(),
+            Acc::Moments(_) => 96,
+            _ => 0,
+        }
 }
 
 fn fold_rows(

@@ -105,6 +105,11 @@ impl Page {
         true
     }
 
+    /// Approximate heap bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.data.capacity() * 8
+    }
+
     /// The cells of one row (for moving it to another page).
     pub(crate) fn row_cells(&self, row: usize) -> Vec<Option<u64>> {
         (0..self.columns)
