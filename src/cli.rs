@@ -107,6 +107,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve the HTTP API (docs/http-api.md) until SIGINT/SIGTERM.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// A file holding the bearer token clients must send (or set FSDB_TOKEN); required
+        /// unless listening on a loopback address.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 16 << 20)]
+        body_bytes_max: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency_max: usize,
+        #[arg(long, default_value_t = 5_000)]
+        header_read_timeout_ms: u64,
+        #[arg(long, default_value_t = 30_000)]
+        body_timeout_ms: u64,
+        #[arg(long, default_value_t = 300_000)]
+        handler_timeout_ms: u64,
+    },
     /// Counts and sizes, as JSON.
     Stats,
     /// Generate a sample dataset, define features, ingest, and show latest values, values as
@@ -259,6 +278,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spine_rows,
             out,
         } => training::generate(&scale, spine_rows, &out)?,
+        Command::Serve {
+            listen,
+            token_file,
+            body_bytes_max,
+            concurrency_max,
+            header_read_timeout_ms,
+            body_timeout_ms,
+            handler_timeout_ms,
+        } => {
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var("FSDB_TOKEN").ok().filter(|t| !t.is_empty()),
+            };
+            let config = crate::http::ServeConfig {
+                listen,
+                token,
+                body_bytes_max,
+                concurrency_max,
+                header_read_timeout_ms,
+                body_timeout_ms,
+                handler_timeout_ms,
+                ..crate::http::ServeConfig::default()
+            };
+            let db = std::sync::Arc::new(open(&cli.data)?);
+            crate::http::serve(std::sync::Arc::clone(&db), config, |addr| {
+                eprintln!("fsdb: serving on http://{addr}")
+            })?;
+            eprintln!("fsdb: stopped; closing the database");
+            if let Ok(db) = std::sync::Arc::try_unwrap(db) {
+                db.close()?;
+            }
+        }
         Command::Stats => {
             let db = open(&cli.data)?;
             print_json(&db.stats()?)?;

@@ -119,9 +119,11 @@ pub struct Health {
     /// Why writes are refused until the database is reopened, if they are.
     pub poisoned: Option<String>,
     pub checkpoint_error: Option<String>,
-    pub log_end_lsn: Lsn,
+    /// The LSN of the last record written to the log (0: none).
+    pub last_lsn: Lsn,
+    /// Every record up to this LSN is durable.
     pub durable_lsn: Lsn,
-    /// Every log record up to this LSN is applied and visible.
+    /// Every record up to this LSN is applied and visible to queries.
     pub applied_lsn: Lsn,
 }
 
@@ -824,8 +826,8 @@ impl Db {
                 .clone()
                 .or_else(|| self.inner.log.poisoned()),
             checkpoint_error: self.inner.checkpoint_error.lock().clone(),
-            log_end_lsn: self.inner.log.end_lsn(),
-            durable_lsn: self.inner.log.durable_lsn(),
+            last_lsn: self.inner.log.end_lsn() - 1,
+            durable_lsn: self.inner.log.durable_lsn() - 1,
             applied_lsn: self.inner.applied.end() - 1,
         }
     }

@@ -73,6 +73,14 @@ fn passthrough_text(spine: &Spine, row: usize, rendered: &[Vec<Option<String>>])
             .iter()
             .map(|c| c[row].clone().unwrap_or_default())
             .collect(),
+        Passthrough::Json { columns, .. } => columns
+            .iter()
+            .map(|c| match &c[row] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
         Passthrough::Arrow { .. } => rendered
             .iter()
             .map(|c| c[row].clone().unwrap_or_default())
@@ -135,8 +143,17 @@ pub fn write_ndjson(
             spine.time_column.clone(),
             spine.time_text[row].clone().into(),
         );
-        for (name, value) in names.iter().zip(passthrough_text(spine, row, &rendered)) {
-            object.insert(name.clone(), value.into());
+        match &spine.passthrough {
+            Passthrough::Json { columns, .. } => {
+                for (name, column) in names.iter().zip(columns) {
+                    object.insert(name.clone(), column[row].clone());
+                }
+            }
+            _ => {
+                for (name, value) in names.iter().zip(passthrough_text(spine, row, &rendered)) {
+                    object.insert(name.clone(), value.into());
+                }
+            }
         }
         for (name, value) in set.names().iter().zip(set.row(row)) {
             object.insert(name.clone(), value.to_json());

@@ -37,6 +37,7 @@ mod engine;
 pub mod error;
 pub mod event;
 pub mod export;
+pub mod http;
 mod maintenance;
 mod query;
 pub mod spine;

@@ -15,10 +15,15 @@ use crate::time::{TimestampMs, check_range, parse_timestamp};
 /// Columns other than entity and time, carried to the output unchanged.
 #[derive(Debug, Clone)]
 pub enum Passthrough {
-    /// From CSV or NDJSON: each value as text (`None`: empty cell, missing field or null).
+    /// From CSV: each value as text (`None`: empty cell).
     Text {
         names: Vec<String>,
         columns: Vec<Vec<Option<String>>>,
+    },
+    /// From NDJSON or an HTTP request: each value as JSON (`Null` for missing).
+    Json {
+        names: Vec<String>,
+        columns: Vec<Vec<serde_json::Value>>,
     },
     /// From Parquet: the original typed arrays, one batch per kept row range.
     Arrow { batches: Vec<RecordBatch> },
@@ -220,7 +225,7 @@ pub fn read_spine_from(
         }
         SpineFormat::Ndjson => {
             let mut names: Vec<String> = Vec::new();
-            let mut columns: Vec<Vec<Option<String>>> = Vec::new();
+            let mut columns: Vec<Vec<serde_json::Value>> = Vec::new();
             for (i, line) in BufReader::new(reader).lines().enumerate() {
                 let row = i as u64 + 1;
                 let line = line.map_err(|source| SpineError::Io {
@@ -252,14 +257,14 @@ pub fn read_spine_from(
                 for key in object.keys() {
                     if key != entity_column && key != time_column && !names.contains(key) {
                         names.push(key.clone());
-                        columns.push(vec![None; b.spine.keys.len() - 1]);
+                        columns.push(vec![serde_json::Value::Null; b.spine.keys.len() - 1]);
                     }
                 }
                 for (column, name) in columns.iter_mut().zip(&names) {
-                    column.push(object.get(name).and_then(json_text));
+                    column.push(object.get(name).cloned().unwrap_or(serde_json::Value::Null));
                 }
             }
-            b.spine.passthrough = Passthrough::Text { names, columns };
+            b.spine.passthrough = Passthrough::Json { names, columns };
         }
         SpineFormat::Parquet => {
             let mut bytes = Vec::new();
@@ -392,10 +397,46 @@ fn arrow_time(array: &ArrayRef, i: usize) -> Result<Option<String>, String> {
     ))
 }
 
+/// A JSON column as the narrowest Arrow type holding all its values: Int64, Float64,
+/// Boolean, or else Utf8 (strings as they are, other values as JSON text).
+fn json_array(column: &[serde_json::Value]) -> ArrayRef {
+    use serde_json::Value as J;
+    let present = || column.iter().filter(|v| !v.is_null());
+    if present().all(|v| v.as_i64().is_some()) {
+        Arc::new(
+            column
+                .iter()
+                .map(J::as_i64)
+                .collect::<arrow_array::Int64Array>(),
+        )
+    } else if present().all(J::is_number) {
+        Arc::new(
+            column
+                .iter()
+                .map(J::as_f64)
+                .collect::<arrow_array::Float64Array>(),
+        )
+    } else if present().all(J::is_boolean) {
+        Arc::new(
+            column
+                .iter()
+                .map(J::as_bool)
+                .collect::<arrow_array::BooleanArray>(),
+        )
+    } else {
+        Arc::new(
+            column
+                .iter()
+                .map(json_text)
+                .collect::<arrow_array::StringArray>(),
+        )
+    }
+}
+
 /// The schema's fields of the passthrough columns, for output.
 pub(crate) fn passthrough_names(spine: &Spine) -> Vec<String> {
     match &spine.passthrough {
-        Passthrough::Text { names, .. } => names.clone(),
+        Passthrough::Text { names, .. } | Passthrough::Json { names, .. } => names.clone(),
         Passthrough::Arrow { batches } => batches
             .first()
             .map(|b| {
@@ -419,6 +460,11 @@ pub(crate) fn passthrough_arrays(spine: &Spine) -> Result<Vec<(String, ArrayRef)
                 let array: ArrayRef = Arc::new(arrow_array::StringArray::from(column.clone()));
                 (name.clone(), array)
             })
+            .collect()),
+        Passthrough::Json { names, columns } => Ok(names
+            .iter()
+            .zip(columns)
+            .map(|(name, column)| (name.clone(), json_array(column)))
             .collect()),
         Passthrough::Arrow { batches } => {
             let Some(first) = batches.first() else {

@@ -6,5 +6,6 @@ mod bounded_work;
 mod cli;
 mod differential;
 mod edge_cases;
+mod http;
 mod reference;
 mod training;
