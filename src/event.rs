@@ -93,7 +93,7 @@ fn key_text(
 ) -> Result<String, EventError> {
     let text = match v {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        serde_json::Value::Number(n) if n.is_i64() => n.to_string(),
         other => {
             return Err(reject(
                 index,

@@ -62,6 +62,7 @@ struct QueryRow {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FeaturesParams {
     /// The entity key.
     entity: String,
@@ -77,8 +78,37 @@ pub(crate) struct QueryRequest {
     entities: Vec<String>,
     features: Vec<String>,
     /// Epoch milliseconds or RFC 3339 (default: now).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<TimeInput>)]
     as_of: Option<serde_json::Value>,
+}
+
+/// A time: epoch milliseconds, or an RFC 3339 string (documentation only: parsed by
+/// `json_time`).
+#[derive(ToSchema, Deserialize)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "a schema, never constructed")]
+enum TimeInput {
+    #[schema(title = "epoch milliseconds")]
+    Millis(i64),
+    #[schema(title = "RFC 3339", format = DateTime)]
+    Text(String),
+}
+
+/// A spine row: `entity`, `ts`, and any other fields (passed through).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema, never constructed")]
+struct SpineRow {
+    entity: EntityInput,
+    ts: TimeInput,
+}
+
+/// An entity key: a non-empty string, or an integer (used as its decimal text).
+#[derive(ToSchema, Deserialize)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "a schema, never constructed")]
+enum EntityInput {
+    Text(String),
+    Integer(i64),
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -86,7 +116,7 @@ pub(crate) struct QueryRequest {
 pub(crate) struct TrainingSetRequest {
     features: Vec<String>,
     /// Rows with `entity`, `ts` (epoch ms or RFC 3339), and any other fields (passed through).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<SpineRow>)]
     spine: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -384,7 +414,7 @@ pub(crate) async fn training_set(
         };
         let entity = match object.get("entity") {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            Some(serde_json::Value::Number(n)) if n.is_i64() => n.to_string(),
             _ => return Err(bad("missing or invalid \"entity\"".into())),
         };
         let ts = object
@@ -506,6 +536,12 @@ pub(crate) async fn apply(
     let text = std::str::from_utf8(&body).map_err(|e| {
         ApiError::bad_request("invalid_definition", format!("body is not UTF-8: {e}"))
     })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_definition",
+            "the definitions file is empty",
+        ));
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

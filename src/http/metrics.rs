@@ -32,7 +32,7 @@ const ROUTES: [&str; 10] = [
 ];
 
 pub(crate) fn route_of(method: &Method, path: &str) -> &'static str {
-    let route = match (method.as_str(), path) {
+    match (method.as_str(), path) {
         ("POST", p) if p.starts_with("/v1/streams/") && p.ends_with("/events") => ROUTES[0],
         ("GET", "/v1/features") => ROUTES[1],
         ("POST", "/v1/features/query") => ROUTES[2],
@@ -43,8 +43,7 @@ pub(crate) fn route_of(method: &Method, path: &str) -> &'static str {
         ("GET", "/metrics") => ROUTES[7],
         ("GET", "/openapi.json") => ROUTES[8],
         _ => ROUTES[9],
-    };
-    route
+    }
 }
 
 #[derive(Debug, Default)]
