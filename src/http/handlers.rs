@@ -63,6 +63,7 @@ struct QueryRow {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FeaturesParams {
     /// The entity key.
     entity: String,
@@ -179,6 +180,8 @@ pub(crate) async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
+    // The path names the resource: an unknown stream is a 404 whatever the body holds.
+    state.db.stream_def(&stream).map_err(ApiError::from)?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

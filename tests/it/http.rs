@@ -347,6 +347,7 @@ fn malformed_input_is_always_a_4xx() {
             "/v1/streams/nope/events",
             "[{\"card\": \"c\", \"ts\": 1}]".into(),
         ),
+        ("/v1/streams/nope/events", "[]".into()),
         (
             "/v1/features/query",
             "{\"entities\": \"c1\", \"features\": []}".into(),
@@ -405,6 +406,7 @@ fn malformed_input_is_always_a_4xx() {
         "/v1/features",
         "/v1/features?names=n_1h",
         "/v1/features?entity=c1&names=nope",
+        "/v1/features?entity=c1&features=n_1h",
         "/v1/features?entity=c1&as_of=yesterday",
         "/v1/features?entity=c1&as_of=99999999999999999999",
         "/nope",
@@ -415,6 +417,28 @@ fn malformed_input_is_always_a_4xx() {
         assert!(json["error"]["code"].is_string(), "{query}: {json}");
         answered += 1;
     }
+    // The path is resolved before the body is read: an unknown stream is a 404 whatever
+    // the body holds.
+    for body in ["[]", "not json"] {
+        let (status, json) = answer(http.post(server.url("/v1/streams/nope/events")).send(body));
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (404, Some("unknown_stream"))
+        );
+    }
+    // A misspelt query parameter is named, not ignored.
+    let (status, json) = answer(
+        http.get(server.url("/v1/features?entity=c1&feature=n_1h"))
+            .call(),
+    );
+    assert_eq!(status, 400, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("feature"),
+        "{json}"
+    );
     // Raw requests: invalid UTF-8, oversized bodies with and without Content-Length.
     let addr = server.addr;
     let invalid_utf8 = [&b"POST /v1/streams/tx/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\ncontent-length: 4\r\nconnection: close\r\n\r\n"[..], &[0xff, 0xfe, 0x7b, 0x0a]].concat();
