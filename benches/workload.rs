@@ -182,9 +182,9 @@ fn main() {
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
     );
-    let span = (spec.end_ms() - workload::START_MS) as u64;
+    let span = (spec.end_ms() - spec.start_ms) as u64;
     let times: Vec<i64> = (0..4096)
-        .map(|_| workload::START_MS + rng.below(span) as i64)
+        .map(|_| spec.start_ms + rng.below(span) as i64)
         .collect();
     let (p50, p99) = latencies(
         |i| {

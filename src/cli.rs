@@ -104,6 +104,10 @@ enum Command {
         /// Spine rows (default: a tenth of the events).
         #[arg(long)]
         spine_rows: Option<u64>,
+        /// The first event time, epoch ms or RFC 3339 (default 2026-01-01T00:00:00Z);
+        /// events span 30 days from there.
+        #[arg(long)]
+        start: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -276,8 +280,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate {
             scale,
             spine_rows,
+            start,
             out,
-        } => training::generate(&scale, spine_rows, &out)?,
+        } => training::generate(&scale, spine_rows, start.as_deref(), &out)?,
         Command::Serve {
             listen,
             token_file,

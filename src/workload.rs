@@ -134,7 +134,7 @@ pub const FEATURES: [&str; 12] = [
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
-/// 2026-01-01T00:00:00Z.
+/// 2026-01-01T00:00:00Z: where the reference scales start.
 pub const START_MS: i64 = 1_767_225_600_000;
 
 /// What to generate.
@@ -142,6 +142,8 @@ pub const START_MS: i64 = 1_767_225_600_000;
 pub struct WorkloadSpec {
     pub events: u64,
     pub entities: u64,
+    /// The first event time (epoch ms); events span `days` from there.
+    pub start_ms: i64,
     pub days: i64,
     pub seed: u64,
 }
@@ -151,6 +153,7 @@ impl WorkloadSpec {
     pub const S: WorkloadSpec = WorkloadSpec {
         events: 1_000_000,
         entities: 10_000,
+        start_ms: START_MS,
         days: 30,
         seed: 42,
     };
@@ -158,6 +161,7 @@ impl WorkloadSpec {
     pub const M: WorkloadSpec = WorkloadSpec {
         events: 10_000_000,
         entities: 100_000,
+        start_ms: START_MS,
         days: 30,
         seed: 42,
     };
@@ -165,6 +169,7 @@ impl WorkloadSpec {
     pub const DEMO: WorkloadSpec = WorkloadSpec {
         events: 200_000,
         entities: 2_000,
+        start_ms: START_MS,
         days: 30,
         seed: 7,
     };
@@ -180,7 +185,7 @@ impl WorkloadSpec {
 
     /// The end of the generated event time.
     pub fn end_ms(&self) -> i64 {
-        START_MS + self.days * DAY_MS
+        self.start_ms + self.days * DAY_MS
     }
 
     pub fn generator(&self) -> Generator {
@@ -316,7 +321,7 @@ impl Iterator for Generator {
         self.produced += 1;
         let rng = &mut self.rng;
         let span = self.spec.days * DAY_MS;
-        let mut time = START_MS
+        let mut time = self.spec.start_ms
             + (i as i128 * span as i128 / self.spec.events as i128) as i64
             + rng.below(1000) as i64;
         if rng.below(1000) < 10 {
@@ -397,11 +402,11 @@ pub fn event_json(stream: Stream, event: &Event) -> serde_json::Value {
 pub fn spine(spec: &WorkloadSpec, rows: u64, seed: u64) -> Vec<(String, i64)> {
     let mut rng = Rng::new(seed);
     let customers = Zipf::new(spec.entities, 1.0);
-    let span = (spec.end_ms() - START_MS) as u64;
+    let span = (spec.end_ms() - spec.start_ms) as u64;
     (0..rows)
         .map(|_| {
             let entity = Generator::customer(customers.sample(&mut rng));
-            (entity, START_MS + rng.below(span) as i64)
+            (entity, spec.start_ms + rng.below(span) as i64)
         })
         .collect()
 }
@@ -416,6 +421,7 @@ mod tests {
         let spec = WorkloadSpec {
             events: 100_000,
             entities: 1_000,
+            start_ms: START_MS,
             days: 30,
             seed: 1,
         };

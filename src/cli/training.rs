@@ -76,10 +76,27 @@ pub(crate) fn run(
     Ok(())
 }
 
-pub(crate) fn generate(scale: &str, spine_rows: Option<u64>, out: &Path) -> anyhow::Result<()> {
-    let Some(spec) = WorkloadSpec::by_name(scale) else {
+pub(crate) fn generate(
+    scale: &str,
+    spine_rows: Option<u64>,
+    start: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let Some(mut spec) = WorkloadSpec::by_name(scale) else {
         bail!("unknown scale {scale:?} (S, M or demo)");
     };
+    if let Some(start) = start {
+        spec.start_ms =
+            crate::time::parse_timestamp(start).with_context(|| format!("--start {start:?}"))?;
+        // The whole span must be valid event time, including late events (up to an hour
+        // before their slot) and the last event's jitter.
+        let hour = 3_600_000;
+        crate::time::check_range(spec.start_ms - hour)
+            .and_then(|_| crate::time::check_range(spec.end_ms() + hour))
+            .with_context(|| {
+                format!("--start {start:?}: the 30 days from it must lie within years 1 to 9999")
+            })?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("definitions.toml"), workload::DEFINITIONS)?;
     let create = |name: &str| -> anyhow::Result<BufWriter<std::fs::File>> {

@@ -352,3 +352,87 @@ fn errors_are_one_line_and_leave_nothing_half_done() {
         (2, 0.0)
     );
 }
+
+/// `fsdb generate` writes a sample a user can load as is, at the start time asked for.
+#[test]
+fn generate_writes_a_loadable_sample_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("sample");
+    let start_ms: i64 = 1_800_000_000_000;
+    let summary = ok(&fsdb(
+        &data,
+        &[
+            "generate",
+            "--scale",
+            "demo",
+            "--spine-rows",
+            "50",
+            "--start",
+            &start_ms.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(summary["spine_rows"], 50);
+    let column = |file: &str, index: usize| -> Vec<i64> {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|line| line.split(',').nth(index).unwrap().parse().unwrap())
+            .collect()
+    };
+    let month = 31 * 86_400_000;
+    for (file, index) in [("transactions.csv", 2), ("clicks.csv", 1), ("spine.csv", 1)] {
+        let times = column(file, index);
+        assert!(!times.is_empty(), "{file}");
+        // Late events may precede the start by up to an hour.
+        let early = start_ms - 3_600_000;
+        assert!(
+            times.iter().all(|t| (early..start_ms + month).contains(t)),
+            "{file}: times outside [start - 1h, start + 31d)"
+        );
+    }
+    let definitions = out.join("definitions.toml");
+    ok(&fsdb(&data, &["apply", definitions.to_str().unwrap()]));
+    let ingested = ok(&fsdb(
+        &data,
+        &[
+            "ingest",
+            "--stream",
+            "clicks",
+            out.join("clicks.csv").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        ingested["accepted"].as_u64(),
+        Some(column("clicks.csv", 1).len() as u64)
+    );
+
+    fails_with(
+        &fsdb(
+            &data,
+            &[
+                "generate",
+                "--start",
+                "9999-12-30T00:00:00Z",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ),
+        "within years 1 to 9999",
+    );
+    fails_with(
+        &fsdb(
+            &data,
+            &[
+                "generate",
+                "--start",
+                "soon",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ),
+        "--start",
+    );
+}
