@@ -68,11 +68,14 @@ impl Default for ServeConfig {
     }
 }
 
-/// What handlers share.
+/// What handlers share: one `Arc`, cloned by every layer of every request.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
     pub db: Arc<Db>,
-    pub config: Arc<ServeConfig>,
+    pub config: ServeConfig,
     pub metrics: Arc<Metrics>,
     /// One permit per request being handled, server-wide.
     pub permits: Arc<tokio::sync::Semaphore>,
@@ -80,12 +83,19 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: Arc<Db>, config: ServeConfig) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             db,
             permits: Arc::new(tokio::sync::Semaphore::new(config.concurrency_max)),
-            config: Arc::new(config),
+            config,
             metrics: Arc::new(Metrics::default()),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
@@ -332,9 +342,12 @@ async fn shutdown_signal() {
 }
 
 /// A JSON response body.
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub(crate) fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response {
     let mut response = Response::new(Body::from(
-        serde_json::to_vec(value).expect("JSON values serialize"),
+        serde_json::to_vec(value).expect("responses serialize"),
     ));
     *response.status_mut() = status;
     response.headers_mut().insert(

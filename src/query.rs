@@ -30,11 +30,12 @@ pub struct FeatureRow {
 impl FeatureRow {
     /// `{"entity": E, "as_of": T, "features": {..}}`, the shape of the CLI and HTTP replies.
     pub fn to_json(&self) -> serde_json::Value {
-        let features: serde_json::Map<String, serde_json::Value> = self
-            .iter()
-            .map(|(name, value)| (name.to_owned(), value.to_json()))
-            .collect();
-        serde_json::json!({ "entity": self.entity, "as_of": self.as_of, "features": features })
+        serde_json::to_value(self.json()).expect("feature rows serialize")
+    }
+
+    /// The same JSON, serialized in place (the HTTP hot path).
+    pub fn json(&self) -> impl serde::Serialize + '_ {
+        FeatureRowJson(self)
     }
 
     pub fn get(&self, feature: &str) -> Option<&Value> {
@@ -47,6 +48,31 @@ impl FeatureRow {
     /// (name, value) pairs, in the order they were asked for.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.names.iter().map(String::as_str).zip(&self.values)
+    }
+}
+
+struct FeatureRowJson<'a>(&'a FeatureRow);
+
+impl serde::Serialize for FeatureRowJson<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Features<'a>(&'a FeatureRow);
+        impl serde::Serialize for Features<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(name, value)| (name, value.json())))
+            }
+        }
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("entity", &self.0.entity)?;
+        map.serialize_entry("as_of", &self.0.as_of)?;
+        map.serialize_entry("features", &Features(self.0))?;
+        map.end()
     }
 }
 

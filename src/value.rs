@@ -98,15 +98,30 @@ impl Value {
     /// The JSON form. Non-finite floats (only an overflowing float sum can produce one)
     /// become `null`, as JSON has no infinity.
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Value::Null => serde_json::Value::Null,
-            Value::Int(v) => (*v).into(),
-            Value::Float(v) => {
-                serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into)
-            }
-            Value::String(v) => v.clone().into(),
-            Value::Bool(v) => (*v).into(),
-            Value::List(items) => items.iter().map(Value::to_json).collect(),
+        serde_json::to_value(self.json()).expect("feature values serialize")
+    }
+
+    /// The JSON form, serialized in place (no intermediate `serde_json::Value`).
+    pub fn json(&self) -> JsonValue<'_> {
+        JsonValue(self)
+    }
+}
+
+/// A value as JSON (see `Value::to_json`). `Value`'s own `Serialize` is the tagged form of
+/// the persisted encoding; this is the plain one users see.
+#[derive(Debug)]
+pub struct JsonValue<'a>(&'a Value);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Int(v) => serializer.serialize_i64(*v),
+            Value::Float(v) if v.is_finite() => serializer.serialize_f64(*v),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::String(v) => serializer.serialize_str(v),
+            Value::Bool(v) => serializer.serialize_bool(*v),
+            Value::List(items) => serializer.collect_seq(items.iter().map(Value::json)),
         }
     }
 }
