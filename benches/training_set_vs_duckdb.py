@@ -170,9 +170,18 @@ def run(args):
 
 
 def fsdb_training_set(data, gen, out):
+    """(seconds computing, seconds for the whole process, the process's peak RSS in MiB)."""
     start = time.perf_counter()
-    report = json.loads(run(["--data", data, "training-set", "--spine", os.path.join(gen, "spine.csv"), "--out", out]))
-    return report["seconds_computing"], time.perf_counter() - start
+    with open(os.path.join(os.path.dirname(out), "stderr.txt"), "w+") as stderr:
+        child = subprocess.Popen([FSDB, "--data", data, "training-set", "--spine", os.path.join(gen, "spine.csv"), "--out", out],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
+        stdout = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            stderr.seek(0)
+            raise SystemExit(f"fsdb training-set failed: {stderr.read()}")
+    report = json.loads(stdout)
+    return report["seconds_computing"], time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def duckdb_query(con, sql):
@@ -223,9 +232,11 @@ def main():
     print(f"duckdb {duckdb.__version__} loaded the same CSVs in {time.perf_counter() - start:.1f}s (not part of the comparison); spine: {rows} rows")
 
     timings = {"fsdb (compute)": [], "fsdb (process: open, read spine, compute, write parquet)": [], "duckdb window SQL": [], "duckdb asof+prefix SQL": []}
+    peak_rss_mib = 0.0
     verdicts = {}
     for round_ in range(2):
-        compute, total = fsdb_training_set(data, gen, out)
+        compute, total, rss = fsdb_training_set(data, gen, out)
+        peak_rss_mib = max(peak_rss_mib, rss)
         timings["fsdb (compute)"].append(compute)
         timings["fsdb (process: open, read spine, compute, write parquet)"].append(total)
         for name, sql in [("duckdb window SQL", WINDOW_SQL), ("duckdb asof+prefix SQL", ASOF_SQL)]:
@@ -236,6 +247,7 @@ def main():
     print()
     for name, values in timings.items():
         print(f"{name:60s} best {min(values):7.2f}s  ({rows / min(values):,.0f} spine rows/s)")
+    print(f"fsdb training-set peak RSS: {peak_rss_mib:,.0f} MiB")
     for name, (joined, bad) in verdicts.items():
         print(f"{name}: {joined} rows compared with fsdb, {bad} values differ")
     best_duckdb = min(min(timings["duckdb window SQL"]), min(timings["duckdb asof+prefix SQL"]))

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::time::{SystemClock, parse_timestamp};
 use crate::{Db, Options};
 
+mod arrow_cell;
 mod demo;
 mod ingest;
 mod training;
@@ -40,8 +41,8 @@ enum Command {
         /// A TOML definitions file (see docs/semantics.md).
         file: PathBuf,
     },
-    /// Append events from NDJSON (.ndjson, .jsonl, .json) or CSV (.csv) files; `-` reads
-    /// NDJSON from stdin.
+    /// Append events from NDJSON (.ndjson, .jsonl, .json), CSV (.csv) or Parquet (.parquet)
+    /// files; `-` reads NDJSON from stdin.
     Ingest {
         #[arg(long)]
         stream: String,

@@ -475,18 +475,13 @@ impl StreamState {
         for shard in &self.entities {
             let mut map = shard.write();
             map.retain(|_, slot| {
-                if held <= target || Arc::strong_count(slot) > 1 {
+                if held <= target {
                     return true;
                 }
-                let Some(mut guard) = slot.try_lock() else {
+                let Some(mut guard) = droppable(slot) else {
                     return true;
                 };
-                let Some(state) = guard.as_mut() else {
-                    return true;
-                };
-                if state.unpersisted.len() > 0 {
-                    return true;
-                }
+                let state = guard.as_mut().expect("droppable entities are loaded");
                 if std::mem::take(&mut state.touched) {
                     return true;
                 }
@@ -496,6 +491,18 @@ impl StreamState {
             });
         }
         evicted
+    }
+
+    /// Drop one entity from memory now if it can go (see `droppable`), whether or not it
+    /// was used recently: for readers that know they will not come back to it soon
+    /// (a training-set sweep of an entity that was not resident before it).
+    pub(crate) fn forget(&self, name: &str) -> bool {
+        let mut map = self.shard(name).write();
+        let can_go = map.get(name).is_some_and(|slot| droppable(slot).is_some());
+        if can_go {
+            map.remove(name);
+        }
+        can_go
     }
 
     /// Read an entity's persisted chunks into a run. Chunks may overlap after a crash
@@ -864,6 +871,18 @@ impl Drop for Db {
     }
 }
 
+/// An entity slot's lock if the entity may leave memory: it is loaded, all its events are
+/// persisted, and nobody holds it (the map's `Arc` is the only one; callers hold the shard's
+/// write lock, so no query or append can be about to take it).
+fn droppable(slot: &EntitySlot) -> Option<parking_lot::MutexGuard<'_, Option<EntityState>>> {
+    if Arc::strong_count(slot) > 1 {
+        return None;
+    }
+    let guard = slot.try_lock()?;
+    let state = guard.as_ref()?;
+    (state.unpersisted.len() == 0).then_some(guard)
+}
+
 /// Remove a state directory and create an empty one (state is derived: the log rebuilds it).
 fn reset_state(state_dir: &Path, options: &StateOptions) -> Result<StateStore> {
     if state_dir.exists() {
@@ -1197,7 +1216,8 @@ impl Inner {
         {
             return Ok(());
         }
-        // Take each dirty entity's unpersisted rows and encode them as one chunk.
+        // Take each dirty entity's unpersisted rows and encode them as chunks of at most
+        // CHUNK_ROWS_MAX rows, each keyed by its smallest LSN.
         let mut taken: Vec<(Dirty, page::Page)> = Vec::with_capacity(dirty.len());
         let mut chunks = Vec::with_capacity(dirty.len());
         for entity in dirty {
@@ -1206,16 +1226,21 @@ impl Inner {
             let empty = page::Page::new(entity.stream.field_types.len());
             let rows = std::mem::replace(&mut state.unpersisted, empty);
             drop(guard);
-            if let Some(first) = (0..rows.len()).map(|row| rows.lsn(row)).min() {
-                let strings = entity.stream.strings.read();
+            let strings = entity.stream.strings.read();
+            for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
+                let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
+                let first = range.clone().map(|row| rows.lsn(row)).min();
+                let first = first.expect("chunk ranges are not empty");
                 let view = chunk::ChunkView {
                     rows: &rows,
+                    range,
                     types: &entity.stream.field_types,
                     strings: &strings,
                 };
                 let key = chunk_key(entity.stream.id, &entity.name, first);
                 chunks.push((key, codec::encode(&view).expect("chunks encode")));
             }
+            drop(strings);
             taken.push((entity, rows));
         }
         let events: usize = taken.iter().map(|(_, rows)| rows.len()).sum();

@@ -329,11 +329,35 @@ impl Db {
         spine: &[(String, TimestampMs)],
         out: &TrainingSet,
     ) -> Result<()> {
+        let store = &self.inner.state;
+        let slot = stream.entity(entity, store, false)?;
+        // An entity loaded only for this sweep leaves memory after it: a training set
+        // visits each entity once, and keeping them all would hold the whole state.
+        let loaded_here = slot.as_ref().is_some_and(|slot| slot.lock().is_none());
+        let result = self.sweep_slot(stream, entity, slot.as_ref(), rows, wanted, spine, out);
+        drop(slot);
+        if loaded_here {
+            stream.forget(entity);
+        }
+        result
+    }
+
+    /// `sweep_entity` once the entity's slot is known (`None`: the entity has no events).
+    #[allow(clippy::too_many_arguments)]
+    fn sweep_slot(
+        &self,
+        stream: &Arc<StreamState>,
+        entity: &str,
+        slot: Option<&crate::engine::EntitySlot>,
+        rows: &[u32],
+        wanted: &[(usize, usize)],
+        spine: &[(String, TimestampMs)],
+        out: &TrainingSet,
+    ) -> Result<()> {
         let features = stream.features.read();
         let store = &self.inner.state;
         // The entity is swept under its lock (loaded from the state store if needed).
-        let slot = stream.entity(entity, store, false)?;
-        let mut guard = match &slot {
+        let mut guard = match slot {
             Some(slot) => Some(stream.lock_loaded(slot, entity, store)?),
             None => None,
         };

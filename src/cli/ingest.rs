@@ -1,5 +1,5 @@
-//! `fsdb ingest`: stream events from NDJSON or CSV files into a stream, in atomic batches,
-//! in bounded memory, with a progress bar.
+//! `fsdb ingest`: stream events from NDJSON, CSV or Parquet files into a stream, in atomic
+//! batches, in bounded memory, with a progress bar.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -9,6 +9,9 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::arrow_cell::arrow_cell_json;
 use crate::catalog::StreamDef;
 use crate::event::{Event, event_from_json};
 use crate::value::FieldType;
@@ -47,6 +50,7 @@ impl<R: Read> Read for Counting<R> {
 enum Format {
     Ndjson,
     Csv,
+    Parquet,
 }
 
 fn format_of(path: &Path) -> anyhow::Result<Format> {
@@ -61,12 +65,9 @@ fn format_of(path: &Path) -> anyhow::Result<Format> {
     {
         Some("ndjson" | "jsonl" | "json") => Ok(Format::Ndjson),
         Some("csv") => Ok(Format::Csv),
-        Some("parquet") => bail!(
-            "{}: Parquet input is not supported yet; convert it to NDJSON or CSV",
-            path.display()
-        ),
+        Some("parquet") => Ok(Format::Parquet),
         _ => bail!(
-            "{}: unknown file type (use .ndjson, .jsonl, .json or .csv, or - for NDJSON on stdin)",
+            "{}: unknown file type (use .ndjson, .jsonl, .json, .csv or .parquet, or - for NDJSON on stdin)",
             path.display()
         ),
     }
@@ -160,6 +161,127 @@ impl Batcher<'_> {
     }
 }
 
+/// A file (or `-`: stdin) read through a 1 MiB buffer, with a progress bar of its bytes.
+fn open_text(
+    path: &Path,
+    name: &str,
+) -> anyhow::Result<(BufReader<Counting<Box<dyn Read>>>, ProgressBar)> {
+    let (reader, bar): (Box<dyn Read>, ProgressBar) = if path == Path::new("-") {
+        (
+            Box::new(std::io::stdin().lock()),
+            ProgressBar::new_spinner(),
+        )
+    } else {
+        let file = File::open(path).with_context(|| format!("opening {name}"))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(file), ProgressBar::new(size))
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.to_owned());
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: reader,
+            bar: bar.clone(),
+        },
+    );
+    Ok((reader, bar))
+}
+
+/// One event per line; positions in reports are line numbers.
+fn ingest_ndjson(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+    let (reader, bar) = open_text(path, name)?;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {name}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(&line).map_err(|e| format!("invalid JSON: {e}"));
+        batcher.row(name, i as u64 + 1, row)?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// A header row naming the fields, then one event per record; cells are typed by the
+/// stream's schema (`csv_cell`). Positions in reports are line numbers, the header being 1.
+fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+    let (reader, bar) = open_text(path, name)?;
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(reader);
+    let headers = csv
+        .headers()
+        .with_context(|| format!("{name}: reading the header"))?
+        .clone();
+    let def = batcher.def;
+    for (i, record) in csv.records().enumerate() {
+        let line = i as u64 + 2;
+        let row = record
+            .map_err(|e| format!("invalid CSV: {e}"))
+            .and_then(|record| {
+                let mut object = serde_json::Map::new();
+                for (column, cell) in headers.iter().zip(record.iter()) {
+                    object.insert(column.to_owned(), csv_cell(def, column, cell)?);
+                }
+                Ok(serde_json::Value::Object(object))
+            });
+        batcher.row(name, line, row)?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Rows of a Parquet file, one record batch at a time (memory: one batch, not the file).
+/// Positions in reports are row numbers, counted from 1.
+fn ingest_parquet(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+    const ROWS_PER_BATCH: usize = 8192;
+    let file = File::open(path).with_context(|| format!("opening {name}"))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{name}: not a readable Parquet file"))?;
+    let bar = ProgressBar::new(builder.metadata().file_metadata().num_rows().max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_owned());
+    let reader = builder
+        .with_batch_size(ROWS_PER_BATCH)
+        .build()
+        .with_context(|| format!("{name}: reading"))?;
+    let mut row_number = 0u64;
+    for batch in reader {
+        let batch = batch.with_context(|| format!("{name}: reading after row {row_number}"))?;
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            row_number += 1;
+            let mut object = serde_json::Map::with_capacity(batch.num_columns());
+            let row = schema
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .try_for_each(|(field, column)| {
+                    let value = arrow_cell_json(column, i)
+                        .map_err(|e| format!("field {:?}: {e}", field.name()))?;
+                    object.insert(field.name().clone(), value);
+                    Ok(())
+                })
+                .map(|()| serde_json::Value::Object(object));
+            batcher.row(name, row_number, row)?;
+        }
+        bar.inc(batch.num_rows() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// "event 0, field "x": reason" -> "field "x": reason" (the line number replaces the index).
 fn strip_index(message: &str) -> String {
     message
@@ -187,69 +309,12 @@ pub(crate) fn ingest(
         report: IngestReport::default(),
     };
     for path in files {
-        let format = format_of(path)?;
         let name = path.display().to_string();
-        let (reader, bar): (Box<dyn Read>, ProgressBar) = if path == Path::new("-") {
-            (
-                Box::new(std::io::stdin().lock()),
-                ProgressBar::new_spinner(),
-            )
-        } else {
-            let file = File::open(path).with_context(|| format!("opening {name}"))?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            (Box::new(file), ProgressBar::new(size))
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(name.clone());
-        let reader = BufReader::with_capacity(
-            1 << 20,
-            Counting {
-                inner: reader,
-                bar: bar.clone(),
-            },
-        );
-        match format {
-            Format::Ndjson => {
-                for (i, line) in reader.lines().enumerate() {
-                    let line = line.with_context(|| format!("reading {name}"))?;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let row = serde_json::from_str(&line).map_err(|e| format!("invalid JSON: {e}"));
-                    batcher.row(&name, i as u64 + 1, row)?;
-                }
-            }
-            Format::Csv => {
-                let mut csv = csv::ReaderBuilder::new()
-                    .flexible(false)
-                    .from_reader(reader);
-                let headers = csv
-                    .headers()
-                    .with_context(|| format!("{name}: reading the header"))?
-                    .clone();
-                for (i, record) in csv.records().enumerate() {
-                    // Line numbers count the header as line 1.
-                    let line = i as u64 + 2;
-                    let row = record
-                        .map_err(|e| format!("invalid CSV: {e}"))
-                        .and_then(|record| {
-                            let mut object = serde_json::Map::new();
-                            for (column, cell) in headers.iter().zip(record.iter()) {
-                                object.insert(column.to_owned(), csv_cell(&def, column, cell)?);
-                            }
-                            Ok(serde_json::Value::Object(object))
-                        });
-                    batcher.row(&name, line, row)?;
-                }
-            }
+        match format_of(path)? {
+            Format::Ndjson => ingest_ndjson(&mut batcher, path, &name)?,
+            Format::Csv => ingest_csv(&mut batcher, path, &name)?,
+            Format::Parquet => ingest_parquet(&mut batcher, path, &name)?,
         }
-        bar.finish_and_clear();
     }
     batcher.flush()?;
     Ok(batcher.report)

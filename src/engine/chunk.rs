@@ -2,6 +2,8 @@
 //! without materialising `Value`s: a borrowed serde view whose bincode bytes are identical
 //! to the owned `RowChunk`'s (a test checks it), so decoding needs nothing special.
 
+use std::ops::Range;
+
 use serde::ser::{Serialize, SerializeStruct, SerializeTuple, Serializer};
 
 use crate::agg::{StrId, Strings};
@@ -19,9 +21,15 @@ enum ValueRef<'a> {
     Bool(bool),
 }
 
-/// The rows of a page, serializing as `RowChunk { rows: Vec<(i64, u64, Vec<Value>)> }`.
+/// Rows per persisted chunk, at most. Bounding the value size bounds what RocksDB reads to
+/// position any iterator: a seek reads a whole block, and a value larger than a block is a
+/// block of its own (a hot entity's unbounded chunk made every seek near it read megabytes).
+pub(crate) const CHUNK_ROWS_MAX: usize = 512;
+
+/// `rows[range]` of a page, serializing as `RowChunk { rows: Vec<(i64, u64, Vec<Value>)> }`.
 pub(crate) struct ChunkView<'a> {
     pub(crate) rows: &'a Page,
+    pub(crate) range: Range<usize>,
     pub(crate) types: &'a [FieldType],
     pub(crate) strings: &'a dyn Strings,
 }
@@ -46,7 +54,7 @@ impl Serialize for ChunkView<'_> {
 impl Serialize for Rows<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let view = self.0;
-        serializer.collect_seq((0..view.rows.len()).map(|row| Row { view, row }))
+        serializer.collect_seq(view.range.clone().map(|row| Row { view, row }))
     }
 }
 
@@ -128,18 +136,23 @@ mod tests {
             page.insert(*time, *lsn, &cells);
         }
         let view_strings = strings.read();
-        let view = ChunkView {
-            rows: &page,
-            types: &types,
-            strings: &view_strings,
-        };
         // The page keeps rows sorted by (time, LSN): so must the owned chunk compared with.
         let mut rows = rows;
         rows.sort_by_key(|(time, lsn, _)| (*time, *lsn));
-        let owned = RowChunk { rows };
-        assert_eq!(
-            fsdb_storage::codec::encode(&view).unwrap(),
-            fsdb_storage::codec::encode(&owned).unwrap()
-        );
+        for range in [0..100, 0..0, 17..60, 99..100] {
+            let view = ChunkView {
+                rows: &page,
+                range: range.clone(),
+                types: &types,
+                strings: &view_strings,
+            };
+            let owned = RowChunk {
+                rows: rows[range].to_vec(),
+            };
+            assert_eq!(
+                fsdb_storage::codec::encode(&view).unwrap(),
+                fsdb_storage::codec::encode(&owned).unwrap()
+            );
+        }
     }
 }

@@ -255,6 +255,7 @@ impl StateStore {
     ) -> impl Iterator<Item = Result<(Box<[u8]>, Vec<u8>), StateError>> + 'a {
         let mut read = ReadOptions::default();
         read.set_verify_checksums(true);
+        read.set_auto_readahead_size(false);
         if let Some(upper) = key::prefix_successor(prefix) {
             read.set_iterate_upper_bound(upper);
         }

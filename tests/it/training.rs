@@ -284,3 +284,40 @@ fn bad_spine_rows_are_named_or_skipped() {
         .to_string();
     assert!(err.contains("no column \"customer\""), "{err}");
 }
+
+/// A training set does not leave the entities it loaded in memory (it visits each once;
+/// keeping them would hold the whole state), while entities that were resident stay, and
+/// the values are the same either way.
+#[test]
+fn training_sets_release_what_they_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spine: Vec<(String, i64)> = (0..60)
+        .map(|i| (format!("c{}", i % 3), 1_000_000 + i * 200_000))
+        .collect();
+    let expected = {
+        let db = database(dir.path());
+        let set = db.training_set(&spine, &FEATURES).unwrap();
+        db.close().unwrap();
+        set
+    };
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(ManualClock::new(0)),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(db.cache_stats().entities_in_memory, 0);
+    db.as_of("c1", &["n_1h"], 5_000_000).unwrap();
+    assert_eq!(db.cache_stats().entities_in_memory, 1);
+    let set = db.training_set(&spine, &FEATURES).unwrap();
+    assert_eq!(
+        db.cache_stats().entities_in_memory,
+        1,
+        "c0 and c2 were loaded for the sweep and released; c1 was resident and stays"
+    );
+    for row in 0..spine.len() {
+        assert_eq!(set.row(row), expected.row(row), "row {row}");
+    }
+}
