@@ -71,9 +71,19 @@ pub(crate) fn run(
             "out": out.display().to_string(),
             "seconds_computing": computed.as_secs_f64(),
             "seconds_total": started.elapsed().as_secs_f64(),
+            "peak_rss_bytes": peak_rss_bytes(),
         }))?
     );
     Ok(())
+}
+
+/// This process's peak resident set (Linux: `VmHWM`), or `None` where unknown. Unlike
+/// `getrusage`'s `ru_maxrss`, it is not inherited across `exec` from a large parent.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub(crate) fn generate(
