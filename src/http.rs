@@ -123,12 +123,13 @@ fn secret_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Whether the request carries the configured bearer token (`/healthz` needs none).
+fn authenticated(state: &AppState, request: &Request) -> bool {
     let Some(token) = &state.config.token else {
-        return next.run(request).await;
+        return true;
     };
     if request.uri().path() == "/healthz" {
-        return next.run(request).await;
+        return true;
     }
     let presented = request
         .headers()
@@ -136,33 +137,24 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if secret_eq(presented.as_bytes(), token.as_bytes()) {
-        next.run(request).await
-    } else {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid `Authorization: Bearer <token>` header is required",
-        )
-        .into_response()
-    }
+    secret_eq(presented.as_bytes(), token.as_bytes())
 }
 
-/// Count and time every request, by route.
+/// Every request's first and last step: give error responses the JSON shape, whoever
+/// produced them, then count and time the request by route.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = metrics::route_of(request.method(), request.uri().path());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = json_error_shape(next.run(request).await).await;
     state
         .metrics
         .observe(route, response.status(), started.elapsed());
     response
 }
 
-/// Give every error response the JSON shape, whoever produced it (extractor rejections,
-/// the body limit, timeouts, load shedding, unknown routes).
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// Errors made outside the handlers (extractor rejections, the body limit, timeouts,
+/// unknown routes, panics) rewritten as `{"error": {"code", "message"}}`.
+async fn json_error_shape(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -194,13 +186,10 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
-/// Past `concurrency_max` requests in handling, shed new ones with 503 and `Retry-After`
-/// rather than queue them.
-async fn limit_concurrency(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Admission, before any of the body is read: past `concurrency_max` requests in handling,
+/// shed new ones with 503 and `Retry-After` rather than queue them; then require the bearer
+/// token when one is configured.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(_permit) = Arc::clone(&state.permits).try_acquire_owned() else {
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -214,6 +203,14 @@ async fn limit_concurrency(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    if !authenticated(&state, &request) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
+        .into_response();
+    }
     next.run(request).await
 }
 
@@ -233,7 +230,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
         .fallback(handlers::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(config.handler_timeout_ms),
@@ -245,10 +241,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             config.body_bytes_max,
         ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_concurrency,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::new(
@@ -259,7 +252,6 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
             },
         ))
-        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
