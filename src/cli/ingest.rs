@@ -161,11 +161,11 @@ impl Batcher<'_> {
     }
 }
 
+/// Text input, buffered, counting its bytes for the progress bar.
+type TextReader = BufReader<Counting<Box<dyn Read>>>;
+
 /// A file (or `-`: stdin) read through a 1 MiB buffer, with a progress bar of its bytes.
-fn open_text(
-    path: &Path,
-    name: &str,
-) -> anyhow::Result<(BufReader<Counting<Box<dyn Read>>>, ProgressBar)> {
+fn open_text(path: &Path, name: &str) -> anyhow::Result<(TextReader, ProgressBar)> {
     let (reader, bar): (Box<dyn Read>, ProgressBar) = if path == Path::new("-") {
         (
             Box::new(std::io::stdin().lock()),
