@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use crate::time::{SystemClock, parse_timestamp};
 use crate::{Db, Options};
 
-mod arrow_cell;
 mod demo;
 mod ingest;
 mod training;

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod agg;
+mod arrow_cell;
 pub mod catalog;
 pub mod cli;
 mod engine;

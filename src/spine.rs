@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::time::{TimestampMs, check_range, parse_timestamp};
@@ -364,10 +364,7 @@ fn arrow_text(array: &ArrayRef, i: usize) -> Result<Option<String>, String> {
 /// A time cell as text that `parse_timestamp` reads: epoch ms, or RFC 3339.
 fn arrow_time(array: &ArrayRef, i: usize) -> Result<Option<String>, String> {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{
-        Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-        TimestampSecondType,
-    };
+    use arrow_array::types::Int64Type;
     if array.is_null(i) {
         return Ok(None);
     }
@@ -375,21 +372,7 @@ fn arrow_time(array: &ArrayRef, i: usize) -> Result<Option<String>, String> {
         DataType::Utf8 => return Ok(Some(array.as_string::<i32>().value(i).to_owned())),
         DataType::LargeUtf8 => return Ok(Some(array.as_string::<i64>().value(i).to_owned())),
         DataType::Int64 => array.as_primitive::<Int64Type>().value(i),
-        DataType::Timestamp(TimeUnit::Second, _) => array
-            .as_primitive::<TimestampSecondType>()
-            .value(i)
-            .saturating_mul(1000),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            array.as_primitive::<TimestampMillisecondType>().value(i)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => array
-            .as_primitive::<TimestampMicrosecondType>()
-            .value(i)
-            .div_euclid(1000),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => array
-            .as_primitive::<TimestampNanosecondType>()
-            .value(i)
-            .div_euclid(1_000_000),
+        DataType::Timestamp(unit, _) => crate::arrow_cell::timestamp_ms(array, *unit, i),
         other => return Err(format!("unsupported time column type {other}")),
     };
     Ok(Some(

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::arrow_cell::arrow_cell_json;
+use crate::arrow_cell::arrow_cell_json;
 use crate::catalog::StreamDef;
 use crate::event::{Event, event_from_json};
 use crate::value::FieldType;

@@ -214,6 +214,44 @@ fn apply_ingest_every_format_get_replay_verify_stats() {
     );
     assert_eq!(features(&row), (3, 21.0));
 
+    // A training set, as the README's step 4: every row equals `get --as-of` at its time.
+    let spine = dir.path().join("spine.csv");
+    std::fs::write(
+        &spine,
+        "entity,ts,label\nc42,2026-03-01T12:45:00Z,1\nc42,2026-03-01T12:10:00Z,0\nc7,1772366400000,1\nnobody,2026-03-01T12:45:00Z,0\n",
+    )
+    .unwrap();
+    let train = dir.path().join("train.csv");
+    let report = ok(&fsdb(
+        &data,
+        &[
+            "training-set",
+            "--spine",
+            spine.to_str().unwrap(),
+            "--out",
+            train.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(report["rows"], 4);
+    let text = std::fs::read_to_string(&train).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("entity,ts,label,card_txn_count_1h,card_amount_sum_7d")
+    );
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let expected = features(&ok(&fsdb(&data, &["get", cells[0], "--as-of", cells[1]])));
+        assert_eq!(
+            (
+                cells[3].parse::<i64>().unwrap(),
+                cells[4].parse::<f64>().unwrap()
+            ),
+            expected,
+            "{line}"
+        );
+    }
+
     let check = ok(&fsdb(&data, &["replay", "--verify"]));
     assert_eq!(check["state_digests_equal"], true);
     assert_eq!(ok(&fsdb(&data, &["replay"]))["replayed_records"], 6);

@@ -1,5 +1,6 @@
-//! One Arrow cell as the JSON value an event field takes (for `fsdb ingest` of Parquet):
-//! the same values an NDJSON line would carry, so one validation serves every format.
+//! Arrow cells as fsdb values: the JSON value an event field takes (for `fsdb ingest` of
+//! Parquet: the same values an NDJSON line would carry, so one validation serves every
+//! format), and timestamps as epoch milliseconds (also for Parquet spines).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -41,30 +42,33 @@ pub(crate) fn arrow_cell_json(array: &ArrayRef, i: usize) -> Result<Json, String
         }
         DataType::Float32 => float(f64::from(array.as_primitive::<Float32Type>().value(i)))?,
         DataType::Float64 => float(array.as_primitive::<Float64Type>().value(i))?,
-        DataType::Timestamp(unit, _) => {
-            let ms = match unit {
-                TimeUnit::Second => array
-                    .as_primitive::<TimestampSecondType>()
-                    .value(i)
-                    .saturating_mul(1000),
-                TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i),
-                TimeUnit::Microsecond => array
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .value(i)
-                    .div_euclid(1000),
-                TimeUnit::Nanosecond => array
-                    .as_primitive::<TimestampNanosecondType>()
-                    .value(i)
-                    .div_euclid(1_000_000),
-            };
-            ms.into()
-        }
+        DataType::Timestamp(unit, _) => timestamp_ms(array, *unit, i).into(),
         DataType::Date32 => {
             (i64::from(array.as_primitive::<Date32Type>().value(i)) * DAY_MS).into()
         }
         DataType::Date64 => array.as_primitive::<Date64Type>().value(i).into(),
         other => return Err(format!("Parquet type {other} is not supported")),
     })
+}
+
+/// A non-null cell of a `Timestamp(unit, _)` array as epoch milliseconds (finer digits
+/// floored, as for RFC 3339 text).
+pub(crate) fn timestamp_ms(array: &ArrayRef, unit: TimeUnit, i: usize) -> i64 {
+    match unit {
+        TimeUnit::Second => array
+            .as_primitive::<TimestampSecondType>()
+            .value(i)
+            .saturating_mul(1000),
+        TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i),
+        TimeUnit::Microsecond => array
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(i)
+            .div_euclid(1000),
+        TimeUnit::Nanosecond => array
+            .as_primitive::<TimestampNanosecondType>()
+            .value(i)
+            .div_euclid(1_000_000),
+    }
 }
 
 fn float(v: f64) -> Result<Json, String> {
