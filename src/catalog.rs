@@ -508,7 +508,7 @@ impl Catalog {
                     return Err(error(
                         &subject,
                         None,
-                        "already registered with a different definition; definitions are immutable (use a new name, e.g. with a _v2 suffix)",
+                        "already registered with a different definition; definitions are immutable (use a new name, e.g. with a _v2 suffix, or remove the feature first)",
                     ));
                 }
                 None => plan.new_features.push(feature.clone()),

@@ -40,6 +40,12 @@ enum Command {
         /// A TOML definitions file (see docs/semantics.md).
         file: PathBuf,
     },
+    /// Remove features: their definitions and state go, and their names may be defined
+    /// again (differently). Events stay in the log and serve every other feature.
+    Remove {
+        #[arg(required = true)]
+        features: Vec<String>,
+    },
     /// Append events from NDJSON (.ndjson, .jsonl, .json), CSV (.csv) or Parquet (.parquet)
     /// files; `-` reads NDJSON from stdin.
     Ingest {
@@ -197,6 +203,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "added_features": report.added_features,
                 "unchanged": report.unchanged,
             }))?;
+            db.close()?;
+        }
+        Command::Remove { features } => {
+            let db = open(&cli.data)?;
+            let names: Vec<&str> = features.iter().map(String::as_str).collect();
+            let removed = db.remove_features(&names)?;
+            print_json(&serde_json::json!({ "removed": removed }))?;
             db.close()?;
         }
         Command::Ingest {

@@ -41,6 +41,7 @@ use crate::value::{FieldType, Value};
 pub(crate) mod chunk;
 pub(crate) mod entity;
 pub(crate) mod feature;
+pub(crate) mod materialize;
 pub(crate) mod page;
 pub(crate) mod strings;
 
@@ -65,6 +66,9 @@ pub struct Options {
     /// Memory for entities' events in memory; past it, entities not used lately are
     /// dropped after a checkpoint (and read back from the state store when needed).
     pub cache_bytes_max: usize,
+    /// How often the batch materialiser looks for work (0: never in the background;
+    /// `Db::materialize` runs a pass on demand). See `engine/materialize.rs`.
+    pub materialize_interval_ms: u64,
     pub state: StateOptions,
 }
 
@@ -78,6 +82,7 @@ impl Default for Options {
             checkpoint_events: 1_000_000,
             checkpoint_interval_ms: 5_000,
             cache_bytes_max: 512 << 20,
+            materialize_interval_ms: 1_000,
             state: StateOptions::default(),
         }
     }
@@ -88,6 +93,8 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 const LOG_DIR: &str = "log";
 const STATE_DIR: &str = "state";
 const CATALOG_KEY: &[u8] = b"catalog";
+/// The LSN of the last definitions or removal record the persisted catalog reflects.
+const CATALOG_LSN_KEY: &[u8] = b"catalog_lsn";
 /// Entity maps are sharded to spread lock contention between appenders.
 const ENTITY_SHARDS: usize = 16;
 
@@ -111,6 +118,8 @@ pub struct CacheStats {
     pub bytes_held: usize,
     /// Entities dropped from memory by the budget since the database was opened.
     pub evicted: u64,
+    /// Batch feature values computed by the materialiser, in total.
+    pub materialized: u64,
 }
 
 /// The writer's state, for health checks.
@@ -148,6 +157,7 @@ pub struct ApplyReport {
 pub struct Db {
     pub(crate) inner: Arc<Inner>,
     checkpointer: Option<JoinHandle<()>>,
+    materializer: Option<JoinHandle<()>>,
     report: OpenReport,
 }
 
@@ -170,8 +180,9 @@ pub(crate) struct EntityState {
     /// Copies of the events applied since the entity's last checkpoint, encoded from here
     /// by the next checkpoint.
     unpersisted: page::Page,
-    /// Values computed by `latest`, by feature slot, each with the times it holds for.
-    /// Cleared whenever an event is inserted.
+    /// Values computed by `latest` and the batch materialiser, by feature slot, each with
+    /// the query times it holds for; an inserted event drops or shortens the ones it
+    /// changes ([`Cached::after_insert`]).
     pub(crate) latest: Vec<Option<Cached>>,
     /// Set whenever the entity is locked; cleared by the evictor (CLOCK).
     touched: bool,
@@ -186,14 +197,36 @@ impl EntityState {
     }
 }
 
-/// A feature value, valid for every query time in `[from, until)` while the entity's
-/// events and the stream's features (`version`) stay the same.
+/// A feature value, valid for every query time in `[from, until)` while the stream's
+/// features (`version`) stay the same and no event at or before `horizon` is added.
+///
+/// A realtime value as of `t` depends on the events up to `t`, so one remembered for
+/// `[from, until)` has `horizon = until - 1`; a batch value depends only on the events up to
+/// its period start, so `horizon = from` and events after the period start (the common case
+/// under ingest) leave it in place.
 #[derive(Clone, Debug)]
 pub(crate) struct Cached {
     pub(crate) version: u64,
     pub(crate) from: i64,
     pub(crate) until: i64,
+    pub(crate) horizon: i64,
     pub(crate) value: Value,
+}
+
+impl Cached {
+    /// Keep what stays exact after an event at `time` is inserted: query times from
+    /// `time` on may see the event, earlier ones do not. `false`: the value must go.
+    pub(crate) fn after_insert(&mut self, time: i64) -> bool {
+        debug_assert!(self.horizon < self.until);
+        if time <= self.from {
+            return false;
+        }
+        if time <= self.horizon {
+            self.until = time;
+            self.horizon = time - 1;
+        }
+        true
+    }
 }
 
 /// `None` while the entity is being loaded from the state store.
@@ -255,6 +288,11 @@ pub(crate) struct Registry {
     pub(crate) streams: Vec<Arc<StreamState>>,
     /// Feature name -> (stream index, slot in the stream's feature set).
     pub(crate) features: FxHashMap<String, (usize, usize)>,
+    /// The LSN of the last definitions or removal record applied (0: none). Replay skips
+    /// such records at or below it: the catalog already reflects them, and re-applying an
+    /// old definition after a removal and a re-definition under the same name would be
+    /// refused as a change.
+    catalog_lsn: Lsn,
     /// The catalog changed since the last checkpoint.
     catalog_dirty: bool,
 }
@@ -344,6 +382,7 @@ pub(crate) struct Inner {
     checkpoint_error: Mutex<Option<String>>,
     /// Entities dropped from memory by the cache budget, since open.
     evicted: AtomicU64,
+    materialized: AtomicU64,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -493,6 +532,22 @@ impl StreamState {
         evicted
     }
 
+    /// Run `visit` on every entity in memory (not those being loaded), leaving its place
+    /// in the eviction order (the CLOCK mark) as it was.
+    pub(crate) fn for_each_resident(&self, mut visit: impl FnMut(&mut EntityState)) {
+        for shard in &self.entities {
+            let slots: Vec<EntitySlot> = shard.read().values().cloned().collect();
+            for slot in slots {
+                let mut guard = slot.lock();
+                if let Some(state) = guard.as_mut() {
+                    let touched = state.touched;
+                    visit(state);
+                    state.touched = touched;
+                }
+            }
+        }
+    }
+
     /// Drop one entity from memory now if it can go (see `droppable`), whether or not it
     /// was used recently: for readers that know they will not come back to it soon
     /// (a training-set sweep of an entity that was not resident before it).
@@ -571,7 +626,28 @@ impl Registry {
             .insert(def.name.clone(), (index, set.list.len() - 1));
     }
 
-    fn from_catalog(catalog: &Catalog) -> Registry {
+    /// Remove the named features (names not registered are skipped): their definitions,
+    /// their compiled forms, and with the version change every summary and remembered value
+    /// computed for the stream's old feature list. Later slots of the stream move down.
+    fn remove(&mut self, names: &[String]) {
+        for name in names {
+            let Some((stream, slot)) = self.features.remove(name) else {
+                continue;
+            };
+            let mut set = self.streams[stream].features.write();
+            set.list.remove(slot);
+            set.version += 1;
+            for (s, later) in self.features.values_mut() {
+                if *s == stream && *later > slot {
+                    *later -= 1;
+                }
+            }
+            self.catalog.features.retain(|f| &f.name != name);
+            self.catalog_dirty = true;
+        }
+    }
+
+    fn from_catalog(catalog: &Catalog, catalog_lsn: Lsn) -> Registry {
         let mut registry = Registry::default();
         registry.add(&ApplyPlan {
             new_streams: catalog.streams.clone(),
@@ -579,6 +655,7 @@ impl Registry {
             unchanged: Vec::new(),
         });
         registry.catalog_dirty = false;
+        registry.catalog_lsn = catalog_lsn;
         registry
     }
 }
@@ -634,6 +711,16 @@ impl Db {
             })?,
             None => Catalog::default(),
         };
+        let catalog_lsn =
+            match state.get(Table::Meta, CATALOG_LSN_KEY)? {
+                Some(bytes) => Lsn::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    Error::BadStateRow {
+                        key: CATALOG_LSN_KEY.to_vec(),
+                        reason: format!("{} bytes, not 8", bytes.len()),
+                    }
+                })?),
+                None => 0,
+            };
         let mut ids = FxHashSet::default();
         let mut next_id_chunk = 0;
         for item in state.scan_prefix(Table::Dedup, &[]) {
@@ -642,7 +729,7 @@ impl Db {
             next_id_chunk = KeyReader::new(&key).u64().map_or(0, |k| k + 1);
         }
         let inner = Arc::new(Inner {
-            registry: RwLock::new(Registry::from_catalog(&catalog)),
+            registry: RwLock::new(Registry::from_catalog(&catalog, catalog_lsn)),
             ingest: Mutex::new(ids),
             applied: AppliedTracker::new(state_lsn + 1),
             dirty: Mutex::new(Vec::new()),
@@ -655,6 +742,7 @@ impl Db {
             poison: Mutex::new(None),
             checkpoint_error: Mutex::new(None),
             evicted: AtomicU64::new(0),
+            materialized: AtomicU64::new(0),
             dir,
             options,
             _lock: lock,
@@ -673,9 +761,21 @@ impl Db {
                 .spawn(move || inner.run_checkpointer())
                 .map_err(io("spawn checkpoint thread", Path::new("")))?
         };
+        let materializer = if inner.options.materialize_interval_ms > 0 {
+            let inner = Arc::clone(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name("fsdb-materialize".into())
+                    .spawn(move || inner.run_materializer())
+                    .map_err(io("spawn materialiser thread", Path::new("")))?,
+            )
+        } else {
+            None
+        };
         Ok(Db {
             inner,
             checkpointer: Some(checkpointer),
+            materializer,
             report,
         })
     }
@@ -690,6 +790,14 @@ impl Db {
     pub fn apply(&self, toml: &str) -> Result<ApplyReport> {
         let definitions = parse_definitions(toml)?;
         self.inner.apply_definitions(&definitions)
+    }
+
+    /// Remove features by name: their definitions leave the catalog (so a name can be
+    /// defined again, differently) and their state goes. Recorded in the log, like a
+    /// definitions file, so a replay removes them at the same point. Every name must be a
+    /// registered feature (else nothing is removed). Returns the names removed.
+    pub fn remove_features(&self, names: &[&str]) -> Result<Vec<String>> {
+        self.inner.remove_features(names)
     }
 
     /// Append validated events to `stream`. Returns once they are durable (per the
@@ -820,6 +928,7 @@ impl Db {
                 .sum(),
             bytes_held: streams.iter().map(|s| s.held_bytes()).sum(),
             evicted: self.inner.evicted.load(Ordering::Relaxed),
+            materialized: self.inner.materialized.load(Ordering::Relaxed),
         }
     }
 
@@ -852,7 +961,10 @@ impl Db {
     fn shutdown(&mut self) -> Result<()> {
         *self.inner.shutdown.lock() = true;
         self.inner.wake.notify_all();
-        if let Some(thread) = self.checkpointer.take() {
+        for thread in [self.checkpointer.take(), self.materializer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = thread.join();
         }
         if self.inner.poison.lock().is_some() {
@@ -955,10 +1067,39 @@ impl Inner {
         self.log.wait_durable(appended.end_lsn())?;
         self.log.sync()?;
         registry.add(&plan);
+        registry.catalog_lsn = appended.first_lsn;
         drop(registry);
         self.applied
             .complete(appended.first_lsn, appended.end_lsn());
         Ok(report)
+    }
+
+    fn remove_features(&self, names: &[&str]) -> Result<Vec<String>> {
+        self.check_poison()?;
+        let mut registry = self.registry.write();
+        let mut removed: Vec<String> = Vec::with_capacity(names.len());
+        for &name in names {
+            if !registry.features.contains_key(name) {
+                return Err(Error::UnknownFeature(name.to_owned()));
+            }
+            if !removed.iter().any(|r| r == name) {
+                removed.push(name.to_owned());
+            }
+        }
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        let entry = LogEntry::RemoveFeatures(removed.clone());
+        let payload = codec::encode(&entry).expect("log entries encode");
+        let appended = self.log.write(&[payload])?;
+        self.log.wait_durable(appended.end_lsn())?;
+        self.log.sync()?;
+        registry.remove(&removed);
+        registry.catalog_lsn = appended.first_lsn;
+        drop(registry);
+        self.applied
+            .complete(appended.first_lsn, appended.end_lsn());
+        Ok(removed)
     }
 
     fn append(&self, stream: &Arc<StreamState>, events: &[Event]) -> Result<AppendReport> {
@@ -1074,7 +1215,11 @@ impl Inner {
                     });
                 }
                 state.unpersisted.insert(time_ms, lsn, &applied.cells);
-                state.latest.clear();
+                for cached in &mut state.latest {
+                    if cached.as_mut().is_some_and(|c| !c.after_insert(time_ms)) {
+                        *cached = None;
+                    }
+                }
                 applied.events += 1;
             }
         }
@@ -1132,13 +1277,25 @@ impl Inner {
             for &(lsn, start, end) in &records {
                 let entry: LogEntryBorrowed<'_> = codec::decode_borrowed(&buffer[start..end])
                     .map_err(|source| Error::BadRecord { lsn, source })?;
-                if let LogEntryBorrowed::Definitions(definitions) = entry {
-                    self.apply_events_parallel(&std::mem::take(&mut events))?;
-                    let mut registry = self.registry.write();
-                    let plan = registry.catalog.plan(&definitions)?;
-                    registry.add(&plan);
-                } else {
-                    events.push((lsn, entry));
+                match entry {
+                    LogEntryBorrowed::Event { .. } => events.push((lsn, entry)),
+                    LogEntryBorrowed::Definitions(definitions) => {
+                        self.apply_events_parallel(&std::mem::take(&mut events))?;
+                        let mut registry = self.registry.write();
+                        if lsn > registry.catalog_lsn {
+                            let plan = registry.catalog.plan(&definitions)?;
+                            registry.add(&plan);
+                            registry.catalog_lsn = lsn;
+                        }
+                    }
+                    LogEntryBorrowed::RemoveFeatures(names) => {
+                        self.apply_events_parallel(&std::mem::take(&mut events))?;
+                        let mut registry = self.registry.write();
+                        if lsn > registry.catalog_lsn {
+                            registry.remove(&names);
+                            registry.catalog_lsn = lsn;
+                        }
+                    }
                 }
             }
             self.apply_events_parallel(&events)?;
@@ -1207,7 +1364,10 @@ impl Inner {
         let catalog = {
             let mut registry = self.registry.write();
             let dirty = std::mem::take(&mut registry.catalog_dirty);
-            dirty.then(|| serde_json::to_vec(&registry.catalog).expect("catalog serializes"))
+            dirty.then(|| {
+                let json = serde_json::to_vec(&registry.catalog).expect("catalog serializes");
+                (json, registry.catalog_lsn)
+            })
         };
         if dirty.is_empty()
             && ids.is_empty()
@@ -1258,8 +1418,9 @@ impl Inner {
                     .into_vec();
                 batch.put(Table::Dedup, &key, &pack_ids(&ids));
             }
-            if let Some(catalog) = &catalog {
+            if let Some((catalog, catalog_lsn)) = &catalog {
                 batch.put(Table::Meta, CATALOG_KEY, catalog);
+                batch.put(Table::Meta, CATALOG_LSN_KEY, &catalog_lsn.to_be_bytes());
             }
             batch.set_applied_lsn(watermark);
             self.state.commit(batch)?;

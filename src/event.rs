@@ -326,6 +326,8 @@ pub enum LogEntry {
     },
     /// Definitions added to the catalog.
     Definitions(Definitions),
+    /// Features removed from the catalog, by name.
+    RemoveFeatures(Vec<String>),
 }
 
 /// A borrowed [`LogEntry`] for encoding without copying: same variants, same fields, same
@@ -344,6 +346,11 @@ pub(crate) enum LogEntryRef<'a> {
         reason = "mirrors LogEntry; definitions are encoded from LogEntry"
     )]
     Definitions(&'a Definitions),
+    #[allow(
+        dead_code,
+        reason = "mirrors LogEntry; removals are encoded from LogEntry"
+    )]
+    RemoveFeatures(&'a [String]),
 }
 
 /// A [`LogEntry`] decoded without copying strings (for replay): same variants, same fields.
@@ -360,6 +367,7 @@ pub(crate) enum LogEntryBorrowed<'a> {
         values: Vec<ValueBorrowed<'a>>,
     },
     Definitions(Definitions),
+    RemoveFeatures(Vec<String>),
 }
 
 /// A [`Value`] decoded without copying its string.

@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::Db;
 
@@ -225,6 +225,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/registry",
             get(handlers::registry).post(handlers::apply),
+        )
+        .route(
+            "/v1/registry/features/{feature}",
+            delete(handlers::remove_feature),
         )
         .route("/healthz", get(handlers::health))
         .route("/metrics", get(handlers::metrics))

@@ -48,6 +48,7 @@ pub mod value;
 pub mod workload;
 
 pub use engine::entity::QueryStats;
+pub use engine::materialize::MaterializeReport;
 pub use engine::{AppendReport, ApplyReport, CacheStats, Db, Health, OpenReport, Options};
 pub use error::{Error, Result};
 pub use event::{Event, EventError, EventLimits};

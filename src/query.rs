@@ -7,12 +7,14 @@
 //! the interval of query times it stays exact for; any later query inside that interval
 //! (and before the entity's next event) is answered from it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::agg::Acc;
 use crate::engine::entity::{FoldCtx, QueryStats};
-use crate::engine::{Cached, Db, StreamState};
+use crate::engine::feature::CompiledFeature;
+use crate::engine::{Cached, Db, EntityState, FeatureSet, StreamState};
 use crate::error::{Error, Result};
 use crate::time::TimestampMs;
 use crate::value::Value;
@@ -79,21 +81,67 @@ impl serde::Serialize for FeatureRowJson<'_> {
 /// Requested features resolved to their stream and slot, grouped by stream.
 pub(crate) struct Plan {
     pub(crate) names: Arc<[String]>,
-    /// stream index -> (position in the answer, slot)
-    pub(crate) by_stream: BTreeMap<usize, Vec<(usize, usize)>>,
+    /// stream index -> its features in the answer
+    pub(crate) by_stream: BTreeMap<usize, StreamPlan>,
     pub(crate) streams: Vec<Arc<StreamState>>,
+}
+
+/// The requested features of one stream.
+pub(crate) struct StreamPlan {
+    /// (position in the answer, slot in the stream's feature list when planned)
+    wanted: Vec<(usize, usize)>,
+    /// The compiled feature and name behind each entry of `wanted`.
+    planned: Vec<(Arc<CompiledFeature>, String)>,
+}
+
+impl StreamPlan {
+    /// (position, slot) against the stream's feature list as it is now: the planned slots,
+    /// unless features were removed since planning (slots after them moved down). A
+    /// feature removed since planning is an unknown feature.
+    pub(crate) fn wanted(&self, features: &FeatureSet) -> Result<Cow<'_, [(usize, usize)]>> {
+        let same = |slot: usize, planned: &Arc<CompiledFeature>| {
+            features
+                .list
+                .get(slot)
+                .is_some_and(|f| Arc::ptr_eq(f, planned))
+        };
+        if self
+            .wanted
+            .iter()
+            .zip(&self.planned)
+            .all(|(&(_, slot), (planned, _))| same(slot, planned))
+        {
+            return Ok(Cow::Borrowed(&self.wanted));
+        }
+        self.wanted
+            .iter()
+            .zip(&self.planned)
+            .map(|(&(position, _), (planned, name))| {
+                let slot = features.list.iter().position(|f| Arc::ptr_eq(f, planned));
+                slot.map(|slot| (position, slot))
+                    .ok_or_else(|| Error::UnknownFeature(name.clone()))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Cow::Owned)
+    }
 }
 
 impl Db {
     pub(crate) fn plan(&self, features: &[&str]) -> Result<Plan> {
         let registry = self.inner.registry.read();
-        let mut by_stream: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut by_stream: BTreeMap<usize, StreamPlan> = BTreeMap::new();
         for (position, name) in features.iter().enumerate() {
             let &(stream, slot) = registry
                 .features
                 .get(*name)
                 .ok_or_else(|| Error::UnknownFeature((*name).to_owned()))?;
-            by_stream.entry(stream).or_default().push((position, slot));
+            let compiled = Arc::clone(&registry.streams[stream].features.read().list[slot]);
+            let entry = by_stream.entry(stream).or_insert_with(|| StreamPlan {
+                wanted: Vec::new(),
+                planned: Vec::new(),
+            });
+            entry.wanted.push((position, slot));
+            entry.planned.push((compiled, (*name).to_owned()));
         }
         Ok(Plan {
             names: features.iter().map(|s| (*s).to_owned()).collect(),
@@ -112,71 +160,29 @@ impl Db {
     ) -> Result<FeatureRow> {
         self.inner.check_poison()?;
         let mut values = vec![Value::Null; plan.names.len()];
-        for (&stream_index, wanted) in &plan.by_stream {
+        for (&stream_index, stream_plan) in &plan.by_stream {
             let stream = &plan.streams[stream_index];
             let features = stream.features.read();
+            let wanted = stream_plan.wanted(&features)?;
             let slot = stream.entity(entity, &self.inner.state, false)?;
             let Some(slot) = slot else {
                 // Never seen: every aggregation's empty-window value.
                 let strings = stream.strings.read();
-                for &(position, slot) in wanted {
+                for &(position, slot) in wanted.iter() {
                     let spec = &features.list[slot].spec;
                     values[position] = spec.finish(&spec.init(), &strings);
                 }
                 continue;
             };
             let mut state = stream.lock_loaded(&slot, entity, &self.inner.state)?;
-            // Answer what the cache holds; group the rest by window, one fold per window.
-            let mut by_window: BTreeMap<(i64, i64), Vec<(usize, usize)>> = BTreeMap::new();
-            for &(position, slot) in wanted {
-                let cached = state.latest.get(slot).and_then(Option::as_ref);
-                match cached {
-                    Some(c) if c.version == features.version && c.from <= t && t < c.until => {
-                        values[position] = c.value.clone()
-                    }
-                    _ => by_window
-                        .entry(features.list[slot].window(t))
-                        .or_default()
-                        .push((position, slot)),
-                }
-            }
-            if by_window.is_empty() {
-                continue;
-            }
-            let strings = stream.strings.read();
-            for ((lo, hi), group) in by_window {
-                let targets: Vec<usize> = group.iter().map(|&(_, slot)| slot).collect();
-                let mut accs: Vec<Acc> = targets
-                    .iter()
-                    .map(|&slot| features.list[slot].spec.init())
-                    .collect();
-                let mut ctx = FoldCtx {
-                    features: &features.list,
-                    version: features.version,
-                    strings: &strings,
-                    stats: QueryStats::default(),
-                };
-                state.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
-                stats.summaries += ctx.stats.summaries;
-                stats.events += ctx.stats.events;
-                for ((position, slot), acc) in group.into_iter().zip(&accs) {
-                    let feature = &features.list[slot];
-                    let value = feature.spec.finish(acc, &strings);
-                    if remember {
-                        let (from, until) = feature.validity(t, &state.run);
-                        if state.latest.len() < features.list.len() {
-                            state.latest.resize(features.list.len(), None);
-                        }
-                        state.latest[slot] = Some(Cached {
-                            version: features.version,
-                            from,
-                            until,
-                            value: value.clone(),
-                        });
-                    }
-                    values[position] = value;
-                }
-            }
+            let fold = EntityFold {
+                stream,
+                features: &features,
+                wanted: &wanted,
+                t,
+                remember,
+            };
+            *stats += fold.run(&mut state, &mut values).0;
         }
         Ok(FeatureRow {
             entity: entity.to_owned(),
@@ -259,5 +265,78 @@ impl Db {
             }
         }
         self.evaluate(plan, entity, t, false, stats)
+    }
+}
+
+/// The values of some features of one loaded entity as of one time.
+pub(crate) struct EntityFold<'a> {
+    pub(crate) stream: &'a StreamState,
+    pub(crate) features: &'a FeatureSet,
+    /// (position in the answer, feature slot)
+    pub(crate) wanted: &'a [(usize, usize)],
+    pub(crate) t: TimestampMs,
+    /// Keep what is computed in the entity's remembered values.
+    pub(crate) remember: bool,
+}
+
+impl EntityFold<'_> {
+    /// Answer what the entity remembers; fold the rest, one fold per distinct window.
+    /// Writes `values[position]` for every wanted feature; returns what the folds read and
+    /// how many values were folded (not remembered).
+    pub(crate) fn run(&self, state: &mut EntityState, values: &mut [Value]) -> (QueryStats, usize) {
+        let (features, t) = (self.features, self.t);
+        let mut by_window: BTreeMap<(i64, i64), Vec<(usize, usize)>> = BTreeMap::new();
+        for &(position, slot) in self.wanted {
+            match state.latest.get(slot).and_then(Option::as_ref) {
+                Some(c) if c.version == features.version && c.from <= t && t < c.until => {
+                    values[position] = c.value.clone()
+                }
+                _ => by_window
+                    .entry(features.list[slot].window(t))
+                    .or_default()
+                    .push((position, slot)),
+            }
+        }
+        let mut stats = QueryStats::default();
+        let mut folded = 0;
+        if by_window.is_empty() {
+            return (stats, folded);
+        }
+        let strings = self.stream.strings.read();
+        for ((lo, hi), group) in by_window {
+            let targets: Vec<usize> = group.iter().map(|&(_, slot)| slot).collect();
+            let mut accs: Vec<Acc> = targets
+                .iter()
+                .map(|&slot| features.list[slot].spec.init())
+                .collect();
+            let mut ctx = FoldCtx {
+                features: &features.list,
+                version: features.version,
+                strings: &strings,
+                stats: QueryStats::default(),
+            };
+            state.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
+            stats += ctx.stats;
+            folded += group.len();
+            for ((position, slot), acc) in group.into_iter().zip(&accs) {
+                let feature = &features.list[slot];
+                let value = feature.spec.finish(acc, &strings);
+                if self.remember {
+                    let (from, until, horizon) = feature.validity(t, &state.run);
+                    if state.latest.len() < features.list.len() {
+                        state.latest.resize(features.list.len(), None);
+                    }
+                    state.latest[slot] = Some(Cached {
+                        version: features.version,
+                        from,
+                        until,
+                        horizon,
+                        value: value.clone(),
+                    });
+                }
+                values[position] = value;
+            }
+        }
+        (stats, folded)
     }
 }

@@ -26,6 +26,7 @@ use crate::engine::page::Page;
 use crate::engine::strings::StringTable;
 use crate::engine::{Db, StreamState};
 use crate::error::{Error, Result};
+use crate::query::StreamPlan;
 use crate::time::TimestampMs;
 use crate::value::{Value, ValueType};
 
@@ -297,12 +298,12 @@ impl Db {
                 let Some((entity, rows)) = entities.get(i) else {
                     return Ok(());
                 };
-                for (&stream_index, wanted) in &plan.by_stream {
+                for (&stream_index, stream_plan) in &plan.by_stream {
                     self.sweep_entity(
                         &plan.streams[stream_index],
                         entity,
                         rows,
-                        wanted,
+                        stream_plan,
                         spine,
                         &out,
                     )?;
@@ -325,7 +326,7 @@ impl Db {
         stream: &Arc<StreamState>,
         entity: &str,
         rows: &[u32],
-        wanted: &[(usize, usize)],
+        wanted: &StreamPlan,
         spine: &[(String, TimestampMs)],
         out: &TrainingSet,
     ) -> Result<()> {
@@ -350,11 +351,12 @@ impl Db {
         entity: &str,
         slot: Option<&crate::engine::EntitySlot>,
         rows: &[u32],
-        wanted: &[(usize, usize)],
+        planned: &StreamPlan,
         spine: &[(String, TimestampMs)],
         out: &TrainingSet,
     ) -> Result<()> {
         let features = stream.features.read();
+        let wanted = planned.wanted(&features)?;
         let store = &self.inner.state;
         // The entity is swept under its lock (loaded from the state store if needed).
         let mut guard = match slot {
@@ -364,7 +366,7 @@ impl Db {
         let run: Option<&mut EntityRun> = guard.as_deref_mut().map(|state| &mut state.run);
         let strings = stream.strings.read();
         let Some(run) = run else {
-            for &(column, slot) in wanted {
+            for &(column, slot) in wanted.iter() {
                 let spec = &features.list[slot].spec;
                 let empty = spec.finish(&spec.init(), &strings);
                 for &row in rows {
@@ -374,7 +376,7 @@ impl Db {
             return Ok(());
         };
         // Tile folds first (they need the run mutably), then the sweeps over its events.
-        for &(column, slot) in wanted {
+        for &(column, slot) in wanted.iter() {
             let feature = &features.list[slot];
             if !matches!(Slide::new(&feature.spec), Slide::Fold) {
                 continue;
@@ -397,7 +399,7 @@ impl Db {
             }
         }
         let events = run.rows();
-        for &(column, slot) in wanted {
+        for &(column, slot) in wanted.iter() {
             let feature = &features.list[slot];
             if !matches!(Slide::new(&feature.spec), Slide::Fold) {
                 sweep(feature, column, &events, rows, spine, &strings, out);

@@ -42,6 +42,13 @@ pub struct QueryStats {
     pub events: u64,
 }
 
+impl std::ops::AddAssign for QueryStats {
+    fn add_assign(&mut self, other: QueryStats) {
+        self.summaries += other.summaries;
+        self.events += other.events;
+    }
+}
+
 /// What folding needs besides the trie: the stream's features (summary slots), the
 /// version of that list, the strings, and counters.
 pub(crate) struct FoldCtx<'a> {

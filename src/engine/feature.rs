@@ -203,11 +203,12 @@ impl CompiledFeature {
     /// value as of `t`, as long as no event is added: until the next event enters the
     /// window or the oldest one leaves it (or, for a batch feature, the next period).
     /// Conservative: filters are ignored, so `until` may come earlier than the real change.
-    pub(crate) fn validity(&self, t: i64, run: &EntityRun) -> (i64, i64) {
+    /// Also the horizon: the latest event time any of those values depends on.
+    pub(crate) fn validity(&self, t: i64, run: &EntityRun) -> (i64, i64, i64) {
         match self.freshness {
             Freshness::Batch { period_ms } => {
                 let start = t.div_euclid(period_ms) * period_ms;
-                (start, start.saturating_add(period_ms))
+                (start, start.saturating_add(period_ms), start)
             }
             Freshness::Realtime => {
                 let enter = run.first_time_after(t);
@@ -216,7 +217,8 @@ impl CompiledFeature {
                         .filter(|&oldest| oldest <= t)
                         .map(|oldest| oldest.saturating_add(w))
                 });
-                (t, enter.into_iter().chain(leave).min().unwrap_or(i64::MAX))
+                let until = enter.into_iter().chain(leave).min().unwrap_or(i64::MAX);
+                (t, until, until - 1)
             }
         }
     }

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::{AppState, json_response};
+use crate::error::Error;
 use crate::event::json_time;
 use crate::export::{write_csv, write_ndjson, write_parquet};
 use crate::spine::{Passthrough, Spine};
@@ -605,6 +606,42 @@ pub(crate) async fn apply(
             "backfill": "complete",
         }),
     ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RemoveResponse {
+    /// The feature removed.
+    removed: Vec<String>,
+}
+
+/// Remove a feature: its definition and state go, and its name may be defined again.
+#[utoipa::path(delete, path = "/v1/registry/features/{feature}",
+    params(("feature" = String, Path, description = "The feature")),
+    responses(
+        (status = 200, description = "Removed (durably recorded in the log)", body = RemoveResponse),
+        (status = 404, description = "Unknown feature", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
+pub(crate) async fn remove_feature(
+    State(state): State<AppState>,
+    Path(feature): Path<String>,
+) -> ApiResult {
+    let db = state.db.clone();
+    let removed = blocking(move || {
+        db.remove_features(&[feature.as_str()])
+            .map_err(|e| match e {
+                // The path names the resource.
+                Error::UnknownFeature(name) => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_feature",
+                    format!("unknown feature {name:?}"),
+                )
+                .with("feature", name),
+                e => ApiError::from(e),
+            })
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &RemoveResponse { removed }))
 }
 
 /// Liveness and the writer's state.

@@ -18,7 +18,7 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// The routes, as metric labels (unknown paths are one label, so the set stays bounded).
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 11] = [
     "POST /v1/streams/{stream}/events",
     "GET /v1/features",
     "POST /v1/features/query",
@@ -28,6 +28,7 @@ const ROUTES: [&str; 10] = [
     "GET /healthz",
     "GET /metrics",
     "GET /openapi.json",
+    "DELETE /v1/registry/features/{feature}",
     "other",
 ];
 
@@ -42,7 +43,8 @@ pub(crate) fn route_of(method: &Method, path: &str) -> &'static str {
         ("GET", "/healthz") => ROUTES[6],
         ("GET", "/metrics") => ROUTES[7],
         ("GET", "/openapi.json") => ROUTES[8],
-        _ => ROUTES[9],
+        ("DELETE", p) if p.starts_with("/v1/registry/features/") => ROUTES[9],
+        _ => ROUTES[10],
     }
 }
 

@@ -17,6 +17,7 @@ use super::handlers;
         handlers::training_set,
         handlers::registry,
         handlers::apply,
+        handlers::remove_feature,
         handlers::health,
         handlers::metrics,
         handlers::openapi,
@@ -29,6 +30,7 @@ use super::handlers;
         handlers::QueryRequest,
         handlers::TrainingSetRequest,
         handlers::ApplyResponse,
+        handlers::RemoveResponse,
         handlers::Health,
     ))
 )]

@@ -195,6 +195,9 @@ fn options(clock: &Arc<ManualClock>, seed: u64) -> Options {
         // Odd seeds: every cold entity leaves memory at each checkpoint and is read back
         // from the state store when used again.
         cache_bytes_max: if seed % 2 == 1 { 1 } else { 512 << 20 },
+        // Every third seed: the background materialiser runs every millisecond, racing
+        // ingest and queries; the others call it at chosen points (below).
+        materialize_interval_ms: u64::from(seed % 3 == 0),
         ..Options::default()
     }
 }
@@ -284,13 +287,24 @@ fn scenario(seed: u64) {
         let times = query_times(&mut rng, &reference);
         check(&db, &reference, &times, &context);
         // `latest` equals the reference as the clock walks forward across window edges and
-        // event times, whether it computes or answers from what it remembered.
+        // event times, whether it computes or answers from what it remembered (or the
+        // materialiser did), while events keep arriving: late, current and future ones.
         let names = db.feature_names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut walk: Vec<i64> = times.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
         walk.sort_unstable();
         for now in walk {
             clock.set(now);
+            if rng.chance(10) {
+                let stream = if rng.chance(75) { "tx" } else { "clk" };
+                let len = 1 + rng.below(4) as usize;
+                let events = batch(&mut rng, stream, len, &mut recent);
+                db.append_json(stream, &events).unwrap();
+                reference.append(stream, &events);
+            }
+            if rng.chance(10) {
+                db.materialize().unwrap();
+            }
             for entity in ENTITIES {
                 for _ in 0..2 {
                     let latest = db.latest(entity, &names).unwrap();

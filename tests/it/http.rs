@@ -268,6 +268,40 @@ fn every_endpoint_answers_like_the_library() {
         "a feature added later covers history at once"
     );
 
+    // Removing a feature: gone from queries and the registry; its name is free again.
+    let (status, body) = answer(http.delete(server.url("/v1/registry/features/n_2d")).call());
+    assert_eq!((status, body), (200, json!({"removed": ["n_2d"]})));
+    let (status, body) = answer(
+        http.get(server.url("/v1/features?entity=c1&names=n_2d"))
+            .call(),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("unknown_feature"))
+    );
+    let (status, body) = answer(http.delete(server.url("/v1/registry/features/n_2d")).call());
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("unknown_feature"))
+    );
+    let (_, body) = answer(http.get(server.url("/v1/registry")).call());
+    assert!(
+        body["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"] != "n_2d")
+    );
+    let redefined =
+        json!({"feature": [{"name": "n_2d", "stream": "tx", "agg": "max", "field": "amount"}]});
+    let (status, body) = answer(http.post(server.url("/v1/registry")).send_json(&redefined));
+    assert_eq!((status, &body["added_features"]), (200, &json!(["n_2d"])));
+    let (_, body) = answer(
+        http.get(server.url("/v1/features?entity=c1&names=n_2d"))
+            .call(),
+    );
+    assert_eq!(body["features"]["n_2d"], 2.5);
+
     let (status, body) = answer(http.get(server.url("/healthz")).call());
     assert_eq!((status, &body["status"]), (200, &json!("ok")));
     assert_eq!(body["applied_lsn"], body["last_lsn"]);
@@ -290,6 +324,7 @@ fn every_endpoint_answers_like_the_library() {
         "/v1/features/query",
         "/v1/training-set",
         "/v1/registry",
+        "/v1/registry/features/{feature}",
         "/healthz",
         "/metrics",
         "/openapi.json",
@@ -591,4 +626,75 @@ fn tokens_are_required_and_checked() {
     assert_eq!(status, 200);
     let (status, _) = answer(http.get(server.url("/healthz")).call());
     assert_eq!(status, 200, "health checks need no token");
+}
+
+/// A feature applied to a running server under continuous ingest is exact from the moment
+/// the apply returns: as of a time before the ingest started it holds still, its latest
+/// value only grows while events arrive, and once they stop it equals the library's.
+#[test]
+fn a_feature_applied_under_ingest_is_exact_during_and_after() {
+    const BEFORE: i64 = 500;
+    const BATCHES: i64 = 40;
+    const PER_BATCH: i64 = 50;
+    let server = Server::start(loopback());
+    let http = agent();
+    let event =
+        |i: i64| json!({"id": format!("e{i}"), "card": "k", "ts": 1_000_000 + i, "amount": 1.0});
+    let first: Vec<J> = (0..BEFORE).map(event).collect();
+    let (status, _) = answer(
+        http.post(server.url("/v1/streams/tx/events"))
+            .send_json(&first),
+    );
+    assert_eq!(status, 200);
+
+    let addr = server.addr;
+    let ingest = std::thread::spawn(move || {
+        let http = agent();
+        for batch in 0..BATCHES {
+            let events: Vec<J> = (0..PER_BATCH)
+                .map(|j| event(BEFORE + batch * PER_BATCH + j))
+                .collect();
+            let (status, body) = answer(
+                http.post(format!("http://{addr}/v1/streams/tx/events"))
+                    .send_json(&events),
+            );
+            assert_eq!((status, &body["accepted"]), (200, &json!(PER_BATCH)));
+        }
+    });
+
+    let defs = "[[feature]]\nname = \"k_all\"\nstream = \"tx\"\nagg = \"count\"\n";
+    let (status, body) = answer(
+        http.post(server.url("/v1/registry"))
+            .header("content-type", "application/toml")
+            .send(defs),
+    );
+    assert_eq!((status, &body["added_features"]), (200, &json!(["k_all"])));
+    let last_before = 1_000_000 + BEFORE - 1;
+    let mut seen = BEFORE;
+    for _ in 0..50 {
+        let (status, body) = answer(
+            http.get(server.url(&format!(
+                "/v1/features?entity=k&names=k_all&as_of={last_before}"
+            )))
+            .call(),
+        );
+        assert_eq!((status, &body["features"]["k_all"]), (200, &json!(BEFORE)));
+        let (_, body) = answer(
+            http.get(server.url("/v1/features?entity=k&names=k_all"))
+                .call(),
+        );
+        let now = body["features"]["k_all"].as_i64().unwrap();
+        assert!(
+            (seen..=BEFORE + BATCHES * PER_BATCH).contains(&now),
+            "latest went from {seen} to {now}"
+        );
+        seen = now;
+    }
+    ingest.join().unwrap();
+    let (_, body) = answer(
+        http.get(server.url("/v1/features?entity=k&names=k_all"))
+            .call(),
+    );
+    assert_eq!(body["features"]["k_all"], BEFORE + BATCHES * PER_BATCH);
+    assert_eq!(body, server.db.latest("k", &["k_all"]).unwrap().to_json());
 }

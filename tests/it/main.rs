@@ -7,5 +7,6 @@ mod cli;
 mod differential;
 mod edge_cases;
 mod http;
+mod lifecycle;
 mod reference;
 mod training;
