@@ -1,10 +1,12 @@
 //! The reference workload benchmark (DESIGN §5), side by side with RocksDB in the same run.
 //!
-//! `cargo bench --bench workload` (scale S) or `FSDB_BENCH_SCALE=M cargo bench --bench workload`.
+//! `cargo bench --bench workload` (scale S) or `FSDB_BENCH_SCALE=M cargo bench --bench workload`;
+//! `FSDB_BENCH_FRESHNESS=1h` makes all twelve features batch features with that period.
 //! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
 //! synced 1,000-put batches; `latest` and `as_of` p50/p99 for one entity and 12 features;
-//! `as_of` for a hot entity with 36k events inside a 1 h window; full replay of the log;
-//! peak RSS. Figures: docs/benchmarks.md.
+//! `latest` while current events keep arriving for the same entities; `as_of` for a hot
+//! entity with 36k events inside a 1 h window; full replay of the log; peak RSS.
+//! Figures: docs/benchmarks.md.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +28,26 @@ fn options(clock: &Arc<ManualClock>) -> Options {
         clock: Arc::clone(clock) as Arc<dyn fsdb::time::Clock>,
         ..Options::default()
     }
+}
+
+/// The reference definitions; with `freshness`, every feature is a batch feature with that
+/// period (the others' own freshness lines are dropped).
+fn definitions(freshness: Option<&str>) -> String {
+    let Some(period) = freshness else {
+        return workload::DEFINITIONS.to_owned();
+    };
+    let mut out = String::new();
+    for line in workload::DEFINITIONS.lines() {
+        if line.starts_with("freshness") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("agg") {
+            out.push_str(&format!("freshness = \"{period}\"\n"));
+        }
+    }
+    out
 }
 
 fn peak_rss_mib() -> f64 {
@@ -129,9 +151,15 @@ fn main() {
     }
     let scale = std::env::var("FSDB_BENCH_SCALE").unwrap_or_else(|_| "S".into());
     let spec = WorkloadSpec::by_name(&scale).expect("FSDB_BENCH_SCALE is S or M");
+    let freshness = std::env::var("FSDB_BENCH_FRESHNESS").ok();
     println!(
-        "reference workload, scale {scale}: {} events, {} entities, {} days",
-        spec.events, spec.entities, spec.days
+        "reference workload, scale {scale}: {} events, {} entities, {} days; freshness: {}",
+        spec.events,
+        spec.entities,
+        spec.days,
+        freshness
+            .as_deref()
+            .unwrap_or("as defined (10 realtime, 2 batch)")
     );
     let root = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(spec.end_ms()));
@@ -140,7 +168,7 @@ fn main() {
     let peer = rocksdb_synced_batches(&root.path().join("peer-1"), spec.events / 2);
     let data = root.path().join("fsdb");
     let db = Db::open(&data, options(&clock)).unwrap();
-    db.apply(workload::DEFINITIONS).unwrap();
+    db.apply(&definitions(freshness.as_deref())).unwrap();
     let batches = batches(&spec);
     let (accepted, took) = ingest(&db, &batches);
     drop(batches);
@@ -206,6 +234,44 @@ fn main() {
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
     );
+
+    // `latest` while current events keep arriving for the same (Zipf) entities: half an
+    // hour past the last hour boundary, rounds of one 1,000-event append then 200 reads.
+    // An event drops what `latest` remembered of a realtime feature; a batch feature's
+    // value stays (the events are after its period start).
+    let now = spec.end_ms() / 3_600_000 * 3_600_000 + 1_800_000;
+    clock.set(now);
+    db.materialize().unwrap();
+    let mut reads = Vec::with_capacity(200 * 200);
+    for round in 0..200i64 {
+        let events: Vec<Event> = (0..1000i64)
+            .map(|i| Event {
+                entity: workload::Generator::customer(customers.sample(&mut rng)),
+                time_ms: now - 1_000_000 + round * 1000 + i,
+                id: Some(format!("live{round}-{i}")),
+                values: vec![
+                    Value::Float((i % 300) as f64),
+                    Value::Bool(true),
+                    Value::String("Lyon".into()),
+                    Value::String(format!("m{}", i % 40)),
+                ],
+            })
+            .collect();
+        db.append("transactions", &events).unwrap();
+        for _ in 0..200 {
+            let entity = workload::Generator::customer(customers.sample(&mut rng));
+            let start = Instant::now();
+            std::hint::black_box(db.latest(&entity, &features).unwrap());
+            reads.push(start.elapsed());
+        }
+    }
+    reads.sort_unstable();
+    println!(
+        "latest under ingest, 12 features: p50 {:.1} µs, p99 {:.1} µs",
+        percentile(&reads, 0.5).as_secs_f64() * 1e6,
+        percentile(&reads, 0.99).as_secs_f64() * 1e6
+    );
+    clock.set(spec.end_ms());
 
     // A hot entity: 36k events inside one hour (10 per second).
     let hot_start = spec.end_ms() + 86_400_000;

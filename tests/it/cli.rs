@@ -273,6 +273,34 @@ fn apply_ingest_every_format_get_replay_verify_stats() {
         ))),
         (4, 21.0)
     );
+
+    // Removing a feature frees its name for a different definition.
+    fails_with(
+        &fsdb(&data, &["remove", "card_txn_count_1h", "nope"]),
+        "unknown feature \"nope\"",
+    );
+    assert_eq!(
+        ok(&fsdb(&data, &["remove", "card_txn_count_1h"])),
+        serde_json::json!({"removed": ["card_txn_count_1h"]})
+    );
+    fails_with(
+        &fsdb(&data, &["get", "c42", "--features", "card_txn_count_1h"]),
+        "unknown feature \"card_txn_count_1h\"",
+    );
+    let redefined = dir.path().join("redefined.toml");
+    std::fs::write(
+        &redefined,
+        "[[feature]]\nname = \"card_txn_count_1h\"\nstream = \"transactions\"\nagg = \"count\"\nwindow = \"2h\"\n",
+    )
+    .unwrap();
+    ok(&fsdb(&data, &["apply", redefined.to_str().unwrap()]));
+    let row = ok(&fsdb(
+        &data,
+        &["get", "c42", "--as-of", "2026-03-01T13:15:00Z"],
+    ));
+    assert_eq!(row["features"]["card_txn_count_1h"], 4, "2h window now");
+    let check = ok(&fsdb(&data, &["replay", "--verify"]));
+    assert_eq!(check["state_digests_equal"], true);
 }
 
 #[test]
