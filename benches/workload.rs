@@ -1,7 +1,9 @@
 //! The reference workload benchmark (DESIGN §5), side by side with RocksDB in the same run.
 //!
 //! `cargo bench --bench workload` (scale S) or `FSDB_BENCH_SCALE=M cargo bench --bench workload`;
-//! `FSDB_BENCH_FRESHNESS=1h` makes all twelve features batch features with that period.
+//! `FSDB_BENCH_FRESHNESS=1h` makes all twelve features batch features with that period;
+//! `FSDB_BENCH_FRESHNESS=none` defines the streams only and measures ingest alone (what
+//! the features add to ingest is the difference).
 //! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
 //! synced 1,000-put batches; `latest` and `as_of` p50/p99 for one entity and 12 features;
 //! `latest` while current events keep arriving for the same entities; `as_of` for a hot
@@ -31,11 +33,17 @@ fn options(clock: &Arc<ManualClock>) -> Options {
 }
 
 /// The reference definitions; with `freshness`, every feature is a batch feature with that
-/// period (the others' own freshness lines are dropped).
+/// period (the others' own freshness lines are dropped); `none`: the streams only.
 fn definitions(freshness: Option<&str>) -> String {
     let Some(period) = freshness else {
         return workload::DEFINITIONS.to_owned();
     };
+    if period == "none" {
+        let streams_end = workload::DEFINITIONS
+            .find("[[feature]]")
+            .expect("the reference definitions have features");
+        return workload::DEFINITIONS[..streams_end].to_owned();
+    }
     let mut out = String::new();
     for line in workload::DEFINITIONS.lines() {
         if line.starts_with("freshness") {
@@ -186,6 +194,10 @@ fn main() {
         fsdb_rate / peer_rate
     );
     db.checkpoint().unwrap();
+    if freshness.as_deref() == Some("none") {
+        println!("peak RSS: {:.0} MiB", peak_rss_mib());
+        return;
+    }
 
     // Queries: random entities (Zipf, as traffic would be), 12 features.
     let mut rng = workload::Rng::new(99);

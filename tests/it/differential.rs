@@ -197,7 +197,7 @@ fn options(clock: &Arc<ManualClock>, seed: u64) -> Options {
         cache_bytes_max: if seed % 2 == 1 { 1 } else { 512 << 20 },
         // Every third seed: the background materialiser runs every millisecond, racing
         // ingest and queries; the others call it at chosen points (below).
-        materialize_interval_ms: u64::from(seed % 3 == 0),
+        materialize_interval_ms: u64::from(seed.is_multiple_of(3)),
         ..Options::default()
     }
 }

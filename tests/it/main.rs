@@ -4,6 +4,8 @@ mod agg_laws;
 mod bad_input;
 mod bounded_work;
 mod cli;
+mod concurrency;
+mod crash;
 mod differential;
 mod edge_cases;
 mod http;
