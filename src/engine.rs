@@ -678,14 +678,19 @@ impl Db {
         })?;
         let mut report = OpenReport::default();
         let state_dir = dir.join(STATE_DIR);
-        let state = match StateStore::open(&state_dir, &options.state) {
-            Ok(state) => state,
+        // The state is derived from the log: if it cannot be opened or its header read
+        // (RocksDB files missing, truncated or corrupt, another format), rebuild it.
+        let opened = StateStore::open(&state_dir, &options.state)
+            .map_err(Error::from)
+            .and_then(StateHeader::read);
+        let (state, header) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
-                report.rebuilt = Some(format!("the state could not be opened ({e})"));
-                reset_state(&state_dir, &options.state)?
+                report.rebuilt = Some(format!("the state could not be read ({e})"));
+                StateHeader::read(reset_state(&state_dir, &options.state)?)?
             }
         };
-        let state_lsn = state.applied_lsn()?;
+        let state_lsn = header.applied_lsn;
         let log_options = LogOptions {
             durability: options.durability,
             segment_bytes_max: options.segment_bytes_max,
@@ -704,30 +709,13 @@ impl Db {
                 needed: state_lsn + 1,
             });
         }
-        let catalog: Catalog = match state.get(Table::Meta, CATALOG_KEY)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::BadStateRow {
-                key: CATALOG_KEY.to_vec(),
-                reason: e.to_string(),
-            })?,
-            None => Catalog::default(),
-        };
-        let catalog_lsn =
-            match state.get(Table::Meta, CATALOG_LSN_KEY)? {
-                Some(bytes) => Lsn::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
-                    Error::BadStateRow {
-                        key: CATALOG_LSN_KEY.to_vec(),
-                        reason: format!("{} bytes, not 8", bytes.len()),
-                    }
-                })?),
-                None => 0,
-            };
-        let mut ids = FxHashSet::default();
-        let mut next_id_chunk = 0;
-        for item in state.scan_prefix(Table::Dedup, &[]) {
-            let (key, value) = item?;
-            ids.extend(unpack_ids(&key, &value)?);
-            next_id_chunk = KeyReader::new(&key).u64().map_or(0, |k| k + 1);
-        }
+        let StateHeader {
+            catalog,
+            catalog_lsn,
+            ids,
+            next_id_chunk,
+            ..
+        } = header;
         let inner = Arc::new(Inner {
             registry: RwLock::new(Registry::from_catalog(&catalog, catalog_lsn)),
             ingest: Mutex::new(ids),
@@ -993,6 +981,58 @@ fn droppable(slot: &EntitySlot) -> Option<parking_lot::MutexGuard<'_, Option<Ent
     let guard = slot.try_lock()?;
     let state = guard.as_ref()?;
     (state.unpersisted.len() == 0).then_some(guard)
+}
+
+/// What opening reads from the state store before replaying the log's tail.
+struct StateHeader {
+    applied_lsn: Lsn,
+    catalog: Catalog,
+    catalog_lsn: Lsn,
+    /// Accepted event ids (hashes).
+    ids: FxHashSet<u128>,
+    next_id_chunk: u64,
+}
+
+impl StateHeader {
+    fn read(state: StateStore) -> Result<(StateStore, StateHeader)> {
+        let applied_lsn = state.applied_lsn()?;
+        let catalog: Catalog = match state.get(Table::Meta, CATALOG_KEY)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::BadStateRow {
+                key: CATALOG_KEY.to_vec(),
+                reason: e.to_string(),
+            })?,
+            None => Catalog::default(),
+        };
+        let catalog_lsn = match state.get(Table::Meta, CATALOG_LSN_KEY)? {
+            Some(bytes) => {
+                let bytes: [u8; 8] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::BadStateRow {
+                            key: CATALOG_LSN_KEY.to_vec(),
+                            reason: format!("{} bytes, not 8", bytes.len()),
+                        })?;
+                Lsn::from_be_bytes(bytes)
+            }
+            None => 0,
+        };
+        let mut ids = FxHashSet::default();
+        let mut next_id_chunk = 0;
+        for item in state.scan_prefix(Table::Dedup, &[]) {
+            let (key, value) = item?;
+            ids.extend(unpack_ids(&key, &value)?);
+            next_id_chunk = KeyReader::new(&key).u64().map_or(0, |k| k + 1);
+        }
+        let header = StateHeader {
+            applied_lsn,
+            catalog,
+            catalog_lsn,
+            ids,
+            next_id_chunk,
+        };
+        Ok((state, header))
+    }
 }
 
 /// Remove a state directory and create an empty one (state is derived: the log rebuilds it).

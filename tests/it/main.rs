@@ -11,4 +11,5 @@ mod edge_cases;
 mod http;
 mod lifecycle;
 mod reference;
+mod state_damage;
 mod training;
