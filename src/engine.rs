@@ -1088,7 +1088,7 @@ impl Inner {
 
     fn apply_definitions(&self, definitions: &Definitions) -> Result<ApplyReport> {
         self.check_poison()?;
-        let mut registry = self.registry.write();
+        let registry = self.registry.write();
         let plan = registry.catalog.plan(definitions)?;
         let report = ApplyReport {
             added_streams: plan.new_streams.iter().map(|s| s.name.clone()).collect(),
@@ -1102,21 +1102,33 @@ impl Inner {
             streams: plan.new_streams.clone(),
             features: plan.new_features.clone(),
         });
-        let payload = codec::encode(&entry).expect("log entries encode");
+        self.change_catalog(registry, &entry, |registry| registry.add(&plan))?;
+        Ok(report)
+    }
+
+    /// Record a catalog change (`entry`) durably in the log, then make it (`change`) under
+    /// the registry's write lock, which the caller took before validating the change.
+    fn change_catalog(
+        &self,
+        mut registry: parking_lot::RwLockWriteGuard<'_, Registry>,
+        entry: &LogEntry,
+        change: impl FnOnce(&mut Registry),
+    ) -> Result<()> {
+        let payload = codec::encode(entry).expect("log entries encode");
         let appended = self.log.write(&[payload])?;
         self.log.wait_durable(appended.end_lsn())?;
         self.log.sync()?;
-        registry.add(&plan);
+        change(&mut registry);
         registry.catalog_lsn = appended.first_lsn;
         drop(registry);
         self.applied
             .complete(appended.first_lsn, appended.end_lsn());
-        Ok(report)
+        Ok(())
     }
 
     fn remove_features(&self, names: &[&str]) -> Result<Vec<String>> {
         self.check_poison()?;
-        let mut registry = self.registry.write();
+        let registry = self.registry.write();
         let mut removed: Vec<String> = Vec::with_capacity(names.len());
         for &name in names {
             if !registry.features.contains_key(name) {
@@ -1130,15 +1142,7 @@ impl Inner {
             return Ok(removed);
         }
         let entry = LogEntry::RemoveFeatures(removed.clone());
-        let payload = codec::encode(&entry).expect("log entries encode");
-        let appended = self.log.write(&[payload])?;
-        self.log.wait_durable(appended.end_lsn())?;
-        self.log.sync()?;
-        registry.remove(&removed);
-        registry.catalog_lsn = appended.first_lsn;
-        drop(registry);
-        self.applied
-            .complete(appended.first_lsn, appended.end_lsn());
+        self.change_catalog(registry, &entry, |registry| registry.remove(&removed))?;
         Ok(removed)
     }
 

@@ -10,16 +10,9 @@ use fsdb::{Db, Durability, Options, Value};
 use serde_json::json;
 
 use crate::differential::Rng;
+use crate::fixtures::ev_definitions;
 
-const DEFINITIONS: &str = r#"
-[[stream]]
-name = "ev"
-entity = "k"
-time = "ts"
-id = "id"
-[stream.fields]
-v = "int"
-
+const FEATURES: &str = r#"
 [[feature]]
 name = "n"
 stream = "ev"
@@ -55,7 +48,7 @@ fn reads_lie_between_acknowledged_and_sent_and_never_go_back() {
         ..Options::default()
     };
     let db = Arc::new(Db::open(dir.path(), options).unwrap());
-    db.apply(DEFINITIONS).unwrap();
+    db.apply(&ev_definitions(FEATURES)).unwrap();
     let counters = Arc::new(Counters {
         acked: (0..ENTITIES).map(|_| AtomicI64::new(0)).collect(),
         sent: (0..ENTITIES).map(|_| AtomicI64::new(0)).collect(),

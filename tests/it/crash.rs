@@ -23,16 +23,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as J, json};
 
 use crate::differential::Rng;
+use crate::fixtures::ev_definitions;
 
-const DEFINITIONS: &str = r#"
-[[stream]]
-name = "ev"
-entity = "k"
-time = "ts"
-id = "id"
-[stream.fields]
-v = "int"
-
+const FEATURES: &str = r#"
 [[feature]]
 name = "n"
 stream = "ev"
@@ -265,7 +258,7 @@ fn kill_9_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let defs = dir.path().join("defs.toml");
-    std::fs::write(&defs, DEFINITIONS).unwrap();
+    std::fs::write(&defs, ev_definitions(FEATURES)).unwrap();
     assert!(
         fsdb(&data)
             .arg("apply")

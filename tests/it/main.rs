@@ -8,6 +8,7 @@ mod concurrency;
 mod crash;
 mod differential;
 mod edge_cases;
+mod fixtures;
 mod http;
 mod lifecycle;
 mod reference;

@@ -9,15 +9,9 @@ use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options};
 use serde_json::json;
 
-const DEFINITIONS: &str = r#"
-[[stream]]
-name = "ev"
-entity = "k"
-time = "ts"
-id = "id"
-[stream.fields]
-v = "int"
+use crate::fixtures::ev_definitions;
 
+const FEATURES: &str = r#"
 [[feature]]
 name = "n_1h"
 stream = "ev"
@@ -140,7 +134,7 @@ fn damaged_state_is_rebuilt_or_refused_never_wrong() {
     let pristine = root.path().join("pristine");
     let half = root.path().join("half");
     let db = Db::open(&pristine, options()).unwrap();
-    db.apply(DEFINITIONS).unwrap();
+    db.apply(&ev_definitions(FEATURES)).unwrap();
     ingest(&db, 0, 40);
     db.close().unwrap();
     copy_dir(&pristine, &half);
