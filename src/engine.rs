@@ -70,6 +70,10 @@ pub struct Options {
     /// `Db::materialize` runs a pass on demand). See `engine/materialize.rs`.
     pub materialize_interval_ms: u64,
     pub state: StateOptions,
+    /// The file system the log is written through (default: the real one). Tests pass a
+    /// simulated one (`fsdb_storage::io::sim`) to crash the whole engine at any log
+    /// operation or inject I/O errors.
+    pub log_vfs: Arc<dyn Vfs>,
 }
 
 impl Default for Options {
@@ -84,6 +88,7 @@ impl Default for Options {
             cache_bytes_max: 512 << 20,
             materialize_interval_ms: 1_000,
             state: StateOptions::default(),
+            log_vfs: Arc::new(OsVfs),
         }
     }
 }
@@ -698,7 +703,11 @@ impl Db {
             durable_lsn_hint: state_lsn + 1,
             ..LogOptions::default()
         };
-        let log = Log::open(&dir.join(LOG_DIR), log_options)?;
+        let log = Log::open_with(
+            Arc::clone(&options.log_vfs),
+            &dir.join(LOG_DIR),
+            log_options,
+        )?;
         report.log = log.recovery_report().clone();
         // A log that ends before the state's applied LSN lost acknowledged records; the
         // durability hint above made its open refuse rather than serve from it.

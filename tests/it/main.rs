@@ -11,6 +11,7 @@ mod edge_cases;
 mod fixtures;
 mod http;
 mod lifecycle;
+mod power_loss;
 mod reference;
 mod state_damage;
 mod training;

@@ -9,7 +9,7 @@ use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options};
 use serde_json::json;
 
-use crate::fixtures::ev_definitions;
+use crate::fixtures::{copy_dir, ev_definitions};
 
 const FEATURES: &str = r#"
 [[feature]]
@@ -39,19 +39,6 @@ fn options() -> Options {
         clock: Arc::new(ManualClock::new(10_000_000)),
         materialize_interval_ms: 0,
         ..Options::default()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
