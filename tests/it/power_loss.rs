@@ -1,4 +1,4 @@
-//! Simulated power loss for the whole engine: the log goes through the simulated file
+//! Simulated power loss and injected I/O faults for the whole engine: the log goes through the simulated file
 //! system (`fsdb_storage::io::sim`), which crashes at a chosen operation and then keeps only
 //! what was made durable (unsynced writes dropped, the last one torn, or garbage in the
 //! unsynced region). The state store (RocksDB, written without fsync) is either left as the
@@ -189,4 +189,130 @@ fn crash_everywhere(batches: usize, durability: Durability) -> (usize, u64) {
         }
     }
     (cases, total_ops)
+}
+
+/// Injected I/O failures (EIO, ENOSPC, short writes; once and persistently) on every kind
+/// of log operation, through the whole engine: the append that hits one is not
+/// acknowledged, the database is poisoned (appends refused, reads served, `/healthz` 503),
+/// and after a restart every acknowledged event is there and the failed batch is wholly
+/// present or wholly absent.
+#[test]
+fn io_faults_poison_the_engine_and_lose_nothing_acknowledged() {
+    use fsdb_storage::io::sim::{Fault, FaultKind, OpKind};
+    let batches = 12;
+    let mut failures = 0;
+    let mut checked_healthz = false;
+    for op in [
+        OpKind::Write,
+        OpKind::SyncData,
+        OpKind::Create,
+        OpKind::SyncDir,
+    ] {
+        for kind in [FaultKind::Eio, FaultKind::Enospc, FaultKind::ShortWrite] {
+            if kind == FaultKind::ShortWrite && op != OpKind::Write {
+                continue;
+            }
+            for nth in [1, 2, 5] {
+                for persistent in [false, true] {
+                    let context =
+                        format!("{op:?} #{nth} fails with {kind:?} (persistent: {persistent})");
+                    let dir = tempfile::tempdir().unwrap();
+                    let vfs = SimVfs::new();
+                    let db = Db::open(dir.path(), options(&vfs, Durability::Sync)).unwrap();
+                    db.apply(&ev_definitions(FEATURES)).unwrap();
+                    vfs.inject(Fault {
+                        op,
+                        nth,
+                        persistent,
+                        kind,
+                    });
+                    let mut acknowledged = 0;
+                    let mut failed = false;
+                    for b in 0..batches {
+                        match db.append_json("ev", &batch(b)) {
+                            Ok(_) => acknowledged += 1,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if !failed {
+                        // Too few operations of this kind for the fault to fire.
+                        continue;
+                    }
+                    failures += 1;
+                    let health = db.health();
+                    assert!(health.poisoned.is_some(), "{context}: not poisoned");
+                    assert!(
+                        db.append_json("ev", &batch(batches)).is_err(),
+                        "{context}: an append after the failure was accepted"
+                    );
+                    // Reads keep working, and show exactly what was acknowledged: the failed
+                    // batch was never applied (durable before visible).
+                    assert_eq!(
+                        counts(&db),
+                        expected_counts(acknowledged),
+                        "{context}: reads"
+                    );
+                    if !checked_healthz {
+                        checked_healthz = true;
+                        assert_eq!(healthz_status(db), 503, "{context}: /healthz");
+                    } else {
+                        drop(db);
+                    }
+                    vfs.clear_faults();
+                    let image = vfs.crash_image(Damage::DropUnsynced);
+                    let db = Db::open(dir.path(), options(&image, Durability::Sync))
+                        .unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
+                    let got = counts(&db);
+                    assert!(
+                        got == expected_counts(acknowledged)
+                            || got == expected_counts(acknowledged + 1),
+                        "{context}: {got:?} after {acknowledged} acknowledged batches"
+                    );
+                    db.append_json("ev", &batch(batches + 1))
+                        .unwrap_or_else(|e| panic!("{context}: append after restart: {e}"));
+                }
+            }
+        }
+    }
+    eprintln!("engine I/O faults: {failures} injected failures, every one poisoned and recovered");
+    assert!(failures >= 20, "only {failures} faults fired");
+}
+
+/// `/healthz` of a server over `db` (which it takes and closes).
+fn healthz_status(db: Db) -> u16 {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let config = fsdb::http::ServeConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..fsdb::http::ServeConfig::default()
+    };
+    let server = std::thread::spawn(move || {
+        let _ = fsdb::http::serve_until(
+            Arc::new(db),
+            config,
+            move |addr| ready_tx.send(addr).unwrap(),
+            async {
+                let _ = stopped.await;
+            },
+        );
+    });
+    let addr = ready_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = agent
+        .get(format!("http://{addr}/healthz"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16();
+    let _ = stop.send(());
+    server.join().unwrap();
+    status
 }
