@@ -1,10 +1,11 @@
-//! Simulated power loss and injected I/O faults for the whole engine: the log goes through the simulated file
-//! system (`fsdb_storage::io::sim`), which crashes at a chosen operation and then keeps only
-//! what was made durable (unsynced writes dropped, the last one torn, or garbage in the
-//! unsynced region). The state store (RocksDB, written without fsync) is either left as the
-//! crash left it or lost entirely. After every crash: the database opens, every
-//! acknowledged event is there exactly once, what is there is a whole number of batches,
-//! the state equals a fresh replay of the recovered log, and new appends work.
+//! Simulated power loss and injected I/O faults for the whole engine. The log goes through
+//! the simulated file system (`fsdb_storage::io::sim`), which crashes at a chosen operation
+//! and then keeps only what was made durable (unsynced writes dropped, the last one torn,
+//! or garbage in the unsynced region), or fails chosen operations. The state store
+//! (RocksDB, written without fsync) is either left as the crash left it or lost entirely.
+//! After every crash: the database opens, every acknowledged event is there exactly once,
+//! what is there is a whole number of batches, a replay of the recovered log agrees, and
+//! new appends work.
 //!
 //! CI: a script of `FSDB_POWER_LOSS_BATCHES` batches (default 8) crashed at every log
 //! operation; the campaign in docs/reliability.md uses more.
