@@ -214,6 +214,12 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
     next.run(request).await
 }
 
+/// Whether a `GET /v1/features` query string is valid (for the fuzz checks of
+/// `crate::testing`).
+pub(crate) fn parse_features_query(query: &str) -> bool {
+    handlers::FeaturesParams::parse(Some(query)).is_ok()
+}
+
 /// The router with every endpoint and layer (also used by tests, without a socket).
 pub fn router(state: AppState) -> Router {
     let config = &state.config;

@@ -42,6 +42,8 @@ pub mod http;
 mod maintenance;
 mod query;
 pub mod spine;
+#[doc(hidden)]
+pub mod testing;
 pub mod time;
 mod training;
 pub mod value;

@@ -76,7 +76,7 @@ pub(crate) struct FeaturesParams {
 impl FeaturesParams {
     /// Parsed by hand, being the hottest request: every key must be known and appear once,
     /// so a misspelt parameter is an error rather than silently ignored.
-    fn parse(query: Option<&str>) -> Result<FeaturesParams, ApiError> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<FeaturesParams, ApiError> {
         let invalid = |message: String| ApiError::bad_request("invalid_query", message);
         let (mut entity, mut names, mut as_of) = (None, None, None);
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {

@@ -9,6 +9,7 @@ mod crash;
 mod differential;
 mod edge_cases;
 mod fixtures;
+mod fuzz_corpus;
 mod http;
 mod lifecycle;
 mod power_loss;

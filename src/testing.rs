@@ -1,0 +1,88 @@
+//! Checks shared by the fuzz targets (`fuzz/`) and the test that replays their corpora on
+//! stable (`tests/it/fuzz_corpus.rs`). Each takes arbitrary bytes and panics if fsdb
+//! misbehaves on them: a panic in a parser, or a parse that does not survive its own
+//! canonical form.
+
+use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
+use crate::event::{EventLimits, check_event, event_from_json};
+
+/// A stream with a field of every type, for the event checks.
+const STREAM: &str = r#"
+[[stream]]
+name = "s"
+entity = "e"
+time = "t"
+id = "id"
+[stream.fields]
+i = "int"
+f = "float"
+s = "string"
+b = "bool"
+"#;
+
+fn text(input: &[u8]) -> Option<&str> {
+    std::str::from_utf8(input).ok()
+}
+
+/// A `where` expression: parsing never panics, and the canonical text of what parses
+/// parses to the same expression.
+pub fn check_where(input: &[u8]) {
+    let Some(text) = text(input) else { return };
+    if let Ok(expr) = filter::parse(text) {
+        let canonical = expr.to_string();
+        let again = filter::parse(&canonical)
+            .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
+        assert_eq!(
+            again, expr,
+            "canonical form {canonical:?} parses differently"
+        );
+    }
+}
+
+/// A definitions file: parsing and planning never panic; a valid file applied to an empty
+/// catalog, then planned again, is all unchanged.
+pub fn check_definitions(input: &[u8]) {
+    let Some(text) = text(input) else { return };
+    let Ok(definitions) = parse_definitions(text) else {
+        return;
+    };
+    let mut catalog = Catalog::default();
+    let Ok(plan) = catalog.plan(&definitions) else {
+        return;
+    };
+    catalog.apply(&plan);
+    let again = catalog
+        .plan(&definitions)
+        .expect("a file that applied plans again");
+    assert!(
+        again.is_empty(),
+        "re-applying the same definitions changes the catalog"
+    );
+}
+
+fn stream() -> StreamDef {
+    parse_definitions(STREAM)
+        .expect("the check's stream parses")
+        .streams
+        .remove(0)
+}
+
+/// An event as JSON: validation never panics, and an accepted event passes the typed
+/// check that `Db::append` applies.
+pub fn check_event_json(input: &[u8]) {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(input) else {
+        return;
+    };
+    let stream = stream();
+    let limits = EventLimits::default();
+    if let Ok(event) = event_from_json(0, &stream, &json, &limits) {
+        check_event(0, &stream, &event, &limits)
+            .unwrap_or_else(|e| panic!("accepted from JSON, refused typed: {e}"));
+    }
+}
+
+/// The query string of `GET /v1/features`: parsing never panics.
+pub fn check_query_params(input: &[u8]) {
+    let Some(text) = text(input) else { return };
+    let _ = crate::http::parse_features_query(text);
+}
