@@ -94,7 +94,7 @@ fn reads_lie_between_acknowledged_and_sent_and_never_go_back() {
         .map(|r| {
             let (db, counters, done) = (Arc::clone(&db), Arc::clone(&counters), Arc::clone(&done));
             std::thread::spawn(move || {
-                let mut last = vec![0i64; ENTITIES];
+                let mut last = [0i64; ENTITIES];
                 let mut reads = 0u64;
                 for i in 0..2_000_000usize {
                     let k = (i + r as usize) % ENTITIES;
