@@ -205,6 +205,23 @@ impl Metrics {
             line(format!("# TYPE {name} gauge"));
             line(format!("{name} {value}"));
         }
+        let counters = [
+            (
+                "fsdb_evicted_entities_total",
+                "Entities dropped from memory by the cache budget.",
+                cache.evicted,
+            ),
+            (
+                "fsdb_materialized_values_total",
+                "Batch feature values computed by the background materialiser.",
+                cache.materialized,
+            ),
+        ];
+        for (name, help, value) in counters {
+            line(format!("# HELP {name} {help}"));
+            line(format!("# TYPE {name} counter"));
+            line(format!("{name} {value}"));
+        }
         let mut rendered = String::new();
         let _ = write!(rendered, "{out}");
         rendered

@@ -313,6 +313,10 @@ fn every_endpoint_answers_like_the_library() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("# TYPE fsdb_materialized_values_total counter"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("fsdb_http_request_duration_seconds_bucket{route=\"GET /v1/features\""),
         "{metrics}"
     );
