@@ -10,14 +10,7 @@ use fsdb::{Db, Durability, Options, Value};
 use serde_json::json;
 
 use crate::differential::Rng;
-use crate::fixtures::ev_definitions;
-
-const FEATURES: &str = r#"
-[[feature]]
-name = "n"
-stream = "ev"
-agg = "count"
-"#;
+use crate::fixtures::{COUNT_N, ev_definitions};
 
 const ENTITIES: usize = 4;
 const WRITERS: u64 = 4;
@@ -48,7 +41,7 @@ fn reads_lie_between_acknowledged_and_sent_and_never_go_back() {
         ..Options::default()
     };
     let db = Arc::new(Db::open(dir.path(), options).unwrap());
-    db.apply(&ev_definitions(FEATURES)).unwrap();
+    db.apply(&ev_definitions(COUNT_N)).unwrap();
     let counters = Arc::new(Counters {
         acked: (0..ENTITIES).map(|_| AtomicI64::new(0)).collect(),
         sent: (0..ENTITIES).map(|_| AtomicI64::new(0)).collect(),

@@ -23,14 +23,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as J, json};
 
 use crate::differential::Rng;
-use crate::fixtures::ev_definitions;
+use crate::fixtures::{COUNT_N, ev_definitions};
 
-const FEATURES: &str = r#"
-[[feature]]
-name = "n"
-stream = "ev"
-agg = "count"
-
+/// The sum of the values, as feature `s` (beside `COUNT_N`).
+const SUM_S: &str = r#"
 [[feature]]
 name = "s"
 stream = "ev"
@@ -291,7 +287,7 @@ fn epoch(cycles: std::ops::Range<u64>, rng: &mut Rng) -> EpochReport {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let defs = dir.path().join("defs.toml");
-    std::fs::write(&defs, ev_definitions(FEATURES)).unwrap();
+    std::fs::write(&defs, ev_definitions(&format!("{COUNT_N}{SUM_S}"))).unwrap();
     assert!(
         fsdb(&data)
             .arg("apply")

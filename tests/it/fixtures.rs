@@ -14,6 +14,14 @@ id = "id"
 v = "int"
 "#;
 
+/// The count of an `EV_STREAM` entity's events, as feature `n`.
+pub const COUNT_N: &str = r#"
+[[feature]]
+name = "n"
+stream = "ev"
+agg = "count"
+"#;
+
 /// `EV_STREAM` and the given features.
 pub fn ev_definitions(features: &str) -> String {
     format!("{EV_STREAM}{features}")

@@ -19,14 +19,8 @@ use fsdb_storage::io::Vfs;
 use fsdb_storage::io::sim::{Damage, SimVfs};
 use serde_json::json;
 
-use crate::fixtures::{copy_dir, ev_definitions};
+use crate::fixtures::{COUNT_N, copy_dir, ev_definitions};
 
-const FEATURES: &str = r#"
-[[feature]]
-name = "n"
-stream = "ev"
-agg = "count"
-"#;
 const ENTITIES: usize = 3;
 const PER_BATCH: usize = 4;
 
@@ -78,7 +72,7 @@ fn run(state: &Path, vfs: &SimVfs, batches: usize, durability: Durability) -> us
     let Ok(db) = Db::open(state, options(vfs, durability)) else {
         return 0;
     };
-    if db.apply(&ev_definitions(FEATURES)).is_err() {
+    if db.apply(&ev_definitions(COUNT_N)).is_err() {
         return 0;
     }
     let mut acknowledged = 0;
@@ -220,7 +214,7 @@ fn io_faults_poison_the_engine_and_lose_nothing_acknowledged() {
                     let dir = tempfile::tempdir().unwrap();
                     let vfs = SimVfs::new();
                     let db = Db::open(dir.path(), options(&vfs, Durability::Sync)).unwrap();
-                    db.apply(&ev_definitions(FEATURES)).unwrap();
+                    db.apply(&ev_definitions(COUNT_N)).unwrap();
                     vfs.inject(Fault {
                         op,
                         nth,
