@@ -90,8 +90,10 @@ pub(crate) struct Plan {
 pub(crate) struct StreamPlan {
     /// (position in the answer, slot in the stream's feature list when planned)
     wanted: Vec<(usize, usize)>,
-    /// The compiled feature and name behind each entry of `wanted`.
-    planned: Vec<(Arc<CompiledFeature>, String)>,
+    /// The compiled feature behind each entry of `wanted`.
+    planned: Vec<Arc<CompiledFeature>>,
+    /// The names asked for, by position in the answer.
+    names: Arc<[String]>,
 }
 
 impl StreamPlan {
@@ -109,17 +111,17 @@ impl StreamPlan {
             .wanted
             .iter()
             .zip(&self.planned)
-            .all(|(&(_, slot), (planned, _))| same(slot, planned))
+            .all(|(&(_, slot), planned)| same(slot, planned))
         {
             return Ok(Cow::Borrowed(&self.wanted));
         }
         self.wanted
             .iter()
             .zip(&self.planned)
-            .map(|(&(position, _), (planned, name))| {
+            .map(|(&(position, _), planned)| {
                 let slot = features.list.iter().position(|f| Arc::ptr_eq(f, planned));
                 slot.map(|slot| (position, slot))
-                    .ok_or_else(|| Error::UnknownFeature(name.clone()))
+                    .ok_or_else(|| Error::UnknownFeature(self.names[position].clone()))
             })
             .collect::<Result<Vec<_>>>()
             .map(Cow::Owned)
@@ -129,22 +131,34 @@ impl StreamPlan {
 impl Db {
     pub(crate) fn plan(&self, features: &[&str]) -> Result<Plan> {
         let registry = self.inner.registry.read();
+        let names: Arc<[String]> = features.iter().map(|s| (*s).to_owned()).collect();
         let mut by_stream: BTreeMap<usize, StreamPlan> = BTreeMap::new();
         for (position, name) in features.iter().enumerate() {
             let &(stream, slot) = registry
                 .features
                 .get(*name)
                 .ok_or_else(|| Error::UnknownFeature((*name).to_owned()))?;
-            let compiled = Arc::clone(&registry.streams[stream].features.read().list[slot]);
-            let entry = by_stream.entry(stream).or_insert_with(|| StreamPlan {
-                wanted: Vec::new(),
-                planned: Vec::new(),
-            });
-            entry.wanted.push((position, slot));
-            entry.planned.push((compiled, (*name).to_owned()));
+            by_stream
+                .entry(stream)
+                .or_insert_with(|| StreamPlan {
+                    wanted: Vec::new(),
+                    planned: Vec::new(),
+                    names: Arc::clone(&names),
+                })
+                .wanted
+                .push((position, slot));
+        }
+        // One read of each stream's feature list (the registry's lock keeps them in step).
+        for (&stream, plan) in &mut by_stream {
+            let set = registry.streams[stream].features.read();
+            plan.planned = plan
+                .wanted
+                .iter()
+                .map(|&(_, slot)| Arc::clone(&set.list[slot]))
+                .collect();
         }
         Ok(Plan {
-            names: features.iter().map(|s| (*s).to_owned()).collect(),
+            names,
             by_stream,
             streams: registry.streams.clone(),
         })
