@@ -16,7 +16,7 @@ use crate::time::{SystemClock, parse_timestamp};
 use crate::{Db, Options};
 
 mod demo;
-mod ingest;
+pub(crate) mod ingest;
 mod training;
 
 #[derive(Debug, Parser)]

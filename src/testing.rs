@@ -4,7 +4,9 @@
 //! canonical form.
 
 use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
+use crate::cli::ingest::csv_events;
 use crate::event::{EventLimits, check_event, event_from_json};
+use crate::spine::{SpineFormat, read_spine_from};
 
 /// A stream with a field of every type, for the event checks.
 const STREAM: &str = r#"
@@ -78,6 +80,37 @@ pub fn check_event_json(input: &[u8]) {
     if let Ok(event) = event_from_json(0, &stream, &json, &limits) {
         check_event(0, &stream, &event, &limits)
             .unwrap_or_else(|e| panic!("accepted from JSON, refused typed: {e}"));
+    }
+}
+
+/// A CSV file, read as events (`fsdb ingest`) and as a training-set spine: no panic; an event
+/// accepted from its CSV row passes the typed check of `append`; a spine that reads with bad
+/// rows refused reads the same with bad rows skipped, none skipped.
+pub fn check_csv(input: &[u8]) {
+    let stream = stream();
+    let limits = EventLimits::default();
+    if let Ok(events) = csv_events(input, &stream) {
+        for (line, row) in events {
+            let Ok(json) = row else { continue };
+            if let Ok(event) = event_from_json(0, &stream, &json, &limits) {
+                check_event(0, &stream, &event, &limits).unwrap_or_else(|e| {
+                    panic!("line {line}: accepted from CSV, refused typed: {e}")
+                });
+            }
+        }
+    }
+    let spine = |skip_bad| {
+        let reader = Box::new(std::io::Cursor::new(input.to_vec()));
+        read_spine_from("input", SpineFormat::Csv, reader, "e", "t", skip_bad)
+    };
+    if let Ok(strict) = spine(false) {
+        let lenient = spine(true).expect("a spine read strictly reads leniently");
+        assert!(
+            lenient.skipped.is_empty(),
+            "rows skipped from a spine with no bad row: {:?}",
+            lenient.skipped
+        );
+        assert_eq!(lenient.keys, strict.keys, "lenient and strict reads differ");
     }
 }
 

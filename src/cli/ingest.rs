@@ -209,29 +209,36 @@ fn ingest_ndjson(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::
     Ok(())
 }
 
-/// A header row naming the fields, then one event per record; cells are typed by the
-/// stream's schema (`csv_cell`). Positions in reports are line numbers, the header being 1.
-fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
-    let (reader, bar) = open_text(path, name)?;
+/// The events of a CSV file: a header row naming the fields, then one event per record,
+/// each as its line number (the header being 1) and the JSON object `event_from_json`
+/// takes, its cells typed by the stream's schema (`csv_cell`), or why the record is bad.
+pub(crate) fn csv_events<'a>(
+    reader: impl Read + 'a,
+    stream: &'a StreamDef,
+) -> csv::Result<impl Iterator<Item = (u64, Result<serde_json::Value, String>)> + 'a> {
     let mut csv = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(reader);
-    let headers = csv
-        .headers()
-        .with_context(|| format!("{name}: reading the header"))?
-        .clone();
-    let def = batcher.def;
-    for (i, record) in csv.records().enumerate() {
-        let line = i as u64 + 2;
+    let headers = csv.headers()?.clone();
+    Ok(csv.into_records().enumerate().map(move |(i, record)| {
         let row = record
             .map_err(|e| format!("invalid CSV: {e}"))
             .and_then(|record| {
                 let mut object = serde_json::Map::new();
                 for (column, cell) in headers.iter().zip(record.iter()) {
-                    object.insert(column.to_owned(), csv_cell(def, column, cell)?);
+                    object.insert(column.to_owned(), csv_cell(stream, column, cell)?);
                 }
                 Ok(serde_json::Value::Object(object))
             });
+        (i as u64 + 2, row)
+    }))
+}
+
+fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+    let (reader, bar) = open_text(path, name)?;
+    let events = csv_events(reader, batcher.def)
+        .with_context(|| format!("{name}: reading the header"))?;
+    for (line, row) in events {
         batcher.row(name, line, row)?;
     }
     bar.finish_and_clear();

@@ -9,7 +9,7 @@ use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options, Value};
 use serde_json::json;
 
-use crate::differential::Rng;
+use crate::generate::Rng;
 use crate::fixtures::{COUNT_N, ev_definitions};
 
 const ENTITIES: usize = 4;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as J, json};
 
-use crate::differential::Rng;
+use crate::generate::Rng;
 use crate::fixtures::{COUNT_N, ev_definitions};
 
 /// The sum of the values, as feature `s` (beside `COUNT_N`).

@@ -1,14 +1,19 @@
 //! The cargo-fuzz corpora of fsdb's parsers (`fuzz/corpus/{where_expr, definitions,
-//! event_json, query_params}`), replayed on stable, each input also mutated a bounded
+//! event_json, csv, query_params}`), replayed on stable, each input also mutated a bounded
 //! number of times (byte flips, cuts, splices) so that CI fuzzes a little on every run.
-//! The checks are `fsdb::testing`'s, the same the fuzz targets run.
+//! The checks are `fsdb::testing`'s, the same the fuzz targets run. The engine model's
+//! corpus is replayed too, with fewer mutations (each input opens a database).
 
 use std::path::Path;
 
-use crate::differential::Rng;
+use crate::generate::Rng;
 
-/// Mutations per corpus input.
+/// Mutations per corpus input of a parser target.
 const MUTATIONS: usize = 5_000;
+/// Mutations per corpus input of the engine model.
+const MODEL_MUTATIONS: usize = 4;
+/// Random inputs for the engine model beside its corpus (more: `FSDB_MODEL_INPUTS=<n>`).
+const MODEL_RANDOM_INPUTS: usize = 20;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,19 +56,27 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 }
 
 fn run(target: &str, check: fn(&[u8])) {
+    run_mutating(target, check, MUTATIONS);
+}
+
+fn run_mutating(target: &str, check: fn(&[u8]), mutations: usize) {
     let inputs = corpus(target);
     let mut rng = Rng::new(0xF022);
     for input in &inputs {
         check(input);
         let mut current = input.clone();
-        for _ in 0..MUTATIONS {
+        for _ in 0..mutations {
             let other = rng.pick(&inputs).clone();
             current = mutate(&mut rng, &current, &other);
             let result = std::panic::catch_unwind(|| check(&current));
             if result.is_err() {
+                // Saved for `cargo +nightly fuzz run <target> <file>` and for the corpus.
+                let saved = std::env::temp_dir().join(format!("fsdb-fuzz-failure-{target}"));
+                std::fs::write(&saved, &current).unwrap();
                 panic!(
-                    "{target}: the check failed on {:?}",
-                    String::from_utf8_lossy(&current)
+                    "{target}: the check failed on {:?} (saved as {})",
+                    String::from_utf8_lossy(&current),
+                    saved.display()
                 );
             }
             if rng.chance(10) {
@@ -86,6 +99,29 @@ fn definitions_files() {
 #[test]
 fn events_as_json() {
     run("event_json", fsdb::testing::check_event_json);
+}
+
+#[test]
+fn csv_files() {
+    run("csv", fsdb::testing::check_csv);
+}
+
+#[test]
+fn engine_model() {
+    run_mutating("engine_model", crate::engine_model::run, MODEL_MUTATIONS);
+    let count = std::env::var("FSDB_MODEL_INPUTS").map_or(MODEL_RANDOM_INPUTS, |n| {
+        n.parse().expect("FSDB_MODEL_INPUTS is a number")
+    });
+    let mut rng = Rng::new(0x30DE1);
+    for i in 0..count {
+        let len = rng.below(400) as usize;
+        let input: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        if std::panic::catch_unwind(|| crate::engine_model::run(&input)).is_err() {
+            let saved = std::env::temp_dir().join("fsdb-fuzz-failure-engine_model");
+            std::fs::write(&saved, &input).unwrap();
+            panic!("engine model: random input {i} failed (saved as {})", saved.display());
+        }
+    }
 }
 
 #[test]
