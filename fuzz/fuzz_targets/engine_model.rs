@@ -3,12 +3,12 @@
 //! naive reference of the integration tests, whose files this target includes.
 #![no_main]
 
+#[path = "../../tests/it/engine_model.rs"]
+mod engine_model;
 #[allow(dead_code)]
 #[path = "../../tests/it/generate.rs"]
 mod generate;
 #[path = "../../tests/it/reference.rs"]
 mod reference;
-#[path = "../../tests/it/engine_model.rs"]
-mod engine_model;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| engine_model::run(data));

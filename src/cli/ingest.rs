@@ -236,8 +236,8 @@ pub(crate) fn csv_events<'a>(
 
 fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
     let (reader, bar) = open_text(path, name)?;
-    let events = csv_events(reader, batcher.def)
-        .with_context(|| format!("{name}: reading the header"))?;
+    let events =
+        csv_events(reader, batcher.def).with_context(|| format!("{name}: reading the header"))?;
     for (line, row) in events {
         batcher.row(name, line, row)?;
     }

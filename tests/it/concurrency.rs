@@ -9,8 +9,8 @@ use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options, Value};
 use serde_json::json;
 
-use crate::generate::Rng;
 use crate::fixtures::{COUNT_N, ev_definitions};
+use crate::generate::Rng;
 
 const ENTITIES: usize = 4;
 const WRITERS: u64 = 4;

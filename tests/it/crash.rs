@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as J, json};
 
-use crate::generate::Rng;
 use crate::fixtures::{COUNT_N, ev_definitions};
+use crate::generate::Rng;
 
 /// The sum of the values, as feature `s` (beside `COUNT_N`).
 const SUM_S: &str = r#"

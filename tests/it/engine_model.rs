@@ -74,14 +74,20 @@ impl Choices<'_> {
     }
 
     fn nullable(&mut self, value: Json) -> Json {
-        if self.below(6) == 0 { Json::Null } else { value }
+        if self.below(6) == 0 {
+            Json::Null
+        } else {
+            value
+        }
     }
 
     fn event(&mut self, stream: &str, reference: &Reference, now: i64) -> Json {
         let entity = *self.pick(&ENTITIES);
         let time = self.time(reference, now);
         if stream == "tx" {
-            let amount = *self.pick(&[0.1, 0.2, 0.3, -0.0, 12.5, 3.25, 1e15, -7.75, 10.0, 10.000001]);
+            let amount = *self.pick(&[
+                0.1, 0.2, 0.3, -0.0, 12.5, 3.25, 1e15, -7.75, 10.0, 10.000001,
+            ]);
             let qty = self.below(7) as i64 - 2;
             let merchant = format!("m{}", self.below(6));
             let ok = self.below(2) == 0;
@@ -107,7 +113,9 @@ impl Choices<'_> {
 
     fn batch(&mut self, stream: &str, reference: &Reference, now: i64) -> Vec<Json> {
         let len = 1 + self.below(BATCH_EVENTS_MAX);
-        (0..len).map(|_| self.event(stream, reference, now)).collect()
+        (0..len)
+            .map(|_| self.event(stream, reference, now))
+            .collect()
     }
 }
 
@@ -166,7 +174,12 @@ impl Model {
     /// Every feature for `entity` as of `t` (`None`: `latest` at the clock's now) equals
     /// the reference's.
     fn check(&self, op: usize, entity: &str, t: Option<i64>) {
-        let names: Vec<&str> = self.reference.features.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .reference
+            .features
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         let (row, at) = match t {
             Some(t) => (self.db().as_of(entity, &names, t), t),
             None => (self.db().latest(entity, &names), self.clock.now_ms()),
@@ -217,7 +230,10 @@ pub fn run(input: &[u8]) {
         late_defined: false,
     };
     model.db = Some(Db::open(model.dir.path(), model.options()).expect("open"));
-    let first = format!("{STREAMS}\n{}", features(&mut Rng::new(seed), "f", FEATURES));
+    let first = format!(
+        "{STREAMS}\n{}",
+        features(&mut Rng::new(seed), "f", FEATURES)
+    );
     model.define(&first);
 
     for op in 0..OPERATIONS_MAX {
@@ -250,14 +266,20 @@ pub fn run(input: &[u8]) {
                 }
             }
             5 | 6 => {
-                let entity = if c.below(8) == 0 { "never-seen" } else { *c.pick(&ENTITIES) };
+                let entity = if c.below(8) == 0 {
+                    "never-seen"
+                } else {
+                    *c.pick(&ENTITIES)
+                };
                 let t = c.time(&model.reference, model.clock.now_ms());
                 model.check(op, entity, Some(t));
             }
             7 | 8 => {
                 // `latest`, at the same now again (what it remembered) or at a new one.
                 if c.below(3) != 0 {
-                    model.clock.set(c.time(&model.reference, model.clock.now_ms()));
+                    model
+                        .clock
+                        .set(c.time(&model.reference, model.clock.now_ms()));
                 }
                 for entity in ENTITIES {
                     model.check(op, entity, None);

@@ -119,7 +119,10 @@ fn engine_model() {
         if std::panic::catch_unwind(|| crate::engine_model::run(&input)).is_err() {
             let saved = std::env::temp_dir().join("fsdb-fuzz-failure-engine_model");
             std::fs::write(&saved, &input).unwrap();
-            panic!("engine model: random input {i} failed (saved as {})", saved.display());
+            panic!(
+                "engine model: random input {i} failed (saved as {})",
+                saved.display()
+            );
         }
     }
 }
