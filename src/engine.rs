@@ -180,11 +180,22 @@ pub(crate) struct FeatureSet {
 }
 
 /// An entity's run in memory, and which of its events are not yet in the state store.
+///
+/// An append to an entity that is not in memory does not read its history: it makes a
+/// *partial* state (`history_loaded == false`) whose run holds only events appended since,
+/// and only until a checkpoint has persisted them, so that ingest touching many cold
+/// entities costs memory for the unpersisted events alone. Invariant of a partial state:
+/// every event of the entity is committed to the state store or in `run` (a checkpoint
+/// trims `run` only after its commit). The first reader completes it by merging the two
+/// ([`StreamState::lock_loaded`]); only complete states are folded.
 pub(crate) struct EntityState {
+    /// Complete: every event of the entity. Partial: the events not known to be persisted.
     pub(crate) run: EntityRun,
     /// Copies of the events applied since the entity's last checkpoint, encoded from here
     /// by the next checkpoint.
     unpersisted: page::Page,
+    /// Complete: `run` holds the persisted history and everything applied since.
+    history_loaded: bool,
     /// Values computed by `latest` and the batch materialiser, by feature slot, each with
     /// the query times it holds for; an inserted event drops or shortens the ones it
     /// changes ([`Cached::after_insert`]).
@@ -194,6 +205,31 @@ pub(crate) struct EntityState {
 }
 
 impl EntityState {
+    /// A state for appends only: no history read (see the type's documentation).
+    fn partial(columns: usize) -> EntityState {
+        EntityState {
+            run: EntityRun::new(columns),
+            unpersisted: page::Page::new(columns),
+            history_loaded: false,
+            latest: Vec::new(),
+            touched: true,
+        }
+    }
+
+    /// After a checkpoint committed this entity's events: a partial state keeps in its run
+    /// only those still unpersisted (appended after the checkpoint took its rows).
+    fn drop_persisted(&mut self, columns: usize) {
+        if self.history_loaded {
+            return;
+        }
+        let mut run = EntityRun::new(columns);
+        let rows = &self.unpersisted;
+        for row in 0..rows.len() {
+            run.insert(rows.time(row), rows.lsn(row), &rows.row_cells(row));
+        }
+        self.run = run;
+    }
+
     /// Approximate heap bytes (for the cache budget).
     fn heap_bytes(&self) -> usize {
         self.run.heap_bytes()
@@ -475,7 +511,8 @@ impl StreamState {
         )))
     }
 
-    /// Lock an entity's slot, loading its rows from the state store on first use.
+    /// Lock an entity's slot with its whole history in memory: read from the state store on
+    /// first use, merged with the events appended to a partial state.
     pub(crate) fn lock_loaded<'a>(
         &self,
         slot: &'a EntitySlot,
@@ -483,14 +520,43 @@ impl StreamState {
         store: &StateStore,
     ) -> Result<parking_lot::MappedMutexGuard<'a, EntityState>> {
         let mut guard = slot.lock();
-        if guard.is_none() {
-            *guard = Some(self.load(name, store)?);
+        match guard.as_mut() {
+            None => *guard = Some(self.load(name, store)?),
+            Some(state) if !state.history_loaded => {
+                let mut loaded = self.load(name, store)?;
+                // Events both persisted and in the run (a checkpoint in flight, or a
+                // replayed event persisted again) are inserted once.
+                for (page, row) in state.run.rows() {
+                    let row = row as usize;
+                    loaded
+                        .run
+                        .insert(page.time(row), page.lsn(row), &page.row_cells(row));
+                }
+                state.run = loaded.run;
+                state.history_loaded = true;
+            }
+            Some(_) => {}
         }
         Ok(parking_lot::MutexGuard::map(guard, |s| {
             let state = s.as_mut().expect("loaded above");
+            debug_assert!(state.history_loaded);
             state.touched = true;
             state
         }))
+    }
+
+    /// Lock an entity's slot to append to it: a state not in memory is made partial, without
+    /// reading the entity's history.
+    fn lock_for_append<'a>(
+        &self,
+        slot: &'a EntitySlot,
+    ) -> parking_lot::MappedMutexGuard<'a, EntityState> {
+        let columns = self.field_types.len();
+        parking_lot::MutexGuard::map(slot.lock(), |s| {
+            let state = s.get_or_insert_with(|| EntityState::partial(columns));
+            state.touched = true;
+            state
+        })
     }
 
     /// Bytes of the entities in memory (those locked right now are not counted).
@@ -537,14 +603,14 @@ impl StreamState {
         evicted
     }
 
-    /// Run `visit` on every entity in memory (not those being loaded), leaving its place
-    /// in the eviction order (the CLOCK mark) as it was.
+    /// Run `visit` on every entity whose history is in memory (not those being loaded, nor
+    /// partial ones), leaving its place in the eviction order (the CLOCK mark) as it was.
     pub(crate) fn for_each_resident(&self, mut visit: impl FnMut(&mut EntityState)) {
         for shard in &self.entities {
             let slots: Vec<EntitySlot> = shard.read().values().cloned().collect();
             for slot in slots {
                 let mut guard = slot.lock();
-                if let Some(state) = guard.as_mut() {
+                if let Some(state) = guard.as_mut().filter(|s| s.history_loaded) {
                     let touched = state.touched;
                     visit(state);
                     state.touched = touched;
@@ -596,6 +662,7 @@ impl StreamState {
         Ok(EntityState {
             run,
             unpersisted: page::Page::new(self.field_types.len()),
+            history_loaded: true,
             latest: Vec::new(),
             touched: true,
         })
@@ -980,6 +1047,11 @@ impl Drop for Db {
     }
 }
 
+/// Whether the entity's whole history is in memory (not absent, loading or partial).
+pub(crate) fn history_in_memory(slot: &EntitySlot) -> bool {
+    slot.lock().as_ref().is_some_and(|state| state.history_loaded)
+}
+
 /// An entity slot's lock if the entity may leave memory: it is loaded, all its events are
 /// persisted, and nobody holds it (the map's `Arc` is the only one; callers hold the shard's
 /// write lock, so no query or append can be about to take it).
@@ -1258,7 +1330,9 @@ impl Inner {
             .entity(entity, &self.state, true)?
             .expect("created on demand");
         {
-            let mut state = stream.lock_loaded(&slot, entity, &self.state)?;
+            // A partial state cannot tell a replayed event that is already persisted: it
+            // persists it again, and loading merges the two (`lock_loaded`, `load`).
+            let mut state = stream.lock_for_append(&slot);
             if state.run.insert(time_ms, lsn, &applied.cells) {
                 if state.unpersisted.len() == 0 {
                     applied.newly_dirty.push(Dirty {
@@ -1485,6 +1559,11 @@ impl Inner {
                     events.min(self.unpersisted_events.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
                 );
+                for (entity, _) in &taken {
+                    let mut guard = entity.slot.lock();
+                    let state = guard.as_mut().expect("dirty entities are loaded");
+                    state.drop_persisted(entity.stream.field_types.len());
+                }
                 Ok(())
             }
             Err(e) => {

@@ -24,7 +24,7 @@ use crate::engine::entity::{EntityRun, FoldCtx, QueryStats};
 use crate::engine::feature::CompiledFeature;
 use crate::engine::page::Page;
 use crate::engine::strings::StringTable;
-use crate::engine::{Db, StreamState};
+use crate::engine::{Db, StreamState, history_in_memory};
 use crate::error::{Error, Result};
 use crate::query::StreamPlan;
 use crate::time::TimestampMs;
@@ -334,7 +334,7 @@ impl Db {
         let slot = stream.entity(entity, store, false)?;
         // An entity loaded only for this sweep leaves memory after it: a training set
         // visits each entity once, and keeping them all would hold the whole state.
-        let loaded_here = slot.as_ref().is_some_and(|slot| slot.lock().is_none());
+        let loaded_here = slot.as_ref().is_some_and(|slot| !history_in_memory(slot));
         let result = self.sweep_slot(stream, entity, slot.as_ref(), rows, wanted, spine, out);
         drop(slot);
         if loaded_here {

@@ -231,3 +231,43 @@ fn persisted_chunks_are_bounded_and_reload_exactly() {
     assert_eq!(before, after);
     assert_eq!(after[2].get("count_life"), Some(&Value::Int(5_000)));
 }
+
+/// Ingest does not grow with history either: an append to an entity that is not in memory
+/// does not read its history, and once checkpointed the entity holds nothing in memory; the
+/// first query then reads the whole history, merged with the new events, exactly.
+#[test]
+fn appends_to_cold_entities_do_not_load_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(ManualClock::new(END)),
+            durability: Durability::NoSync,
+            cache_bytes_max: 1,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    db.apply(DEFS).unwrap();
+    load(&db, "cold", 20_000);
+    db.as_of("cold", &["count_life"], END).unwrap();
+    let loaded = db.cache_stats().bytes_held;
+    // The first pass clears the "recently used" mark, the second evicts.
+    db.checkpoint().unwrap();
+    db.checkpoint().unwrap();
+    assert_eq!(db.cache_stats().entities_in_memory, 0);
+
+    db.append("tx", &[event("cold", END - DAY / 2, 7)]).unwrap();
+    let appended = db.cache_stats().bytes_held;
+    assert!(
+        appended * 50 < loaded,
+        "one event appended to a cold entity holds {appended} bytes; its history {loaded}"
+    );
+    db.checkpoint().unwrap();
+    let persisted = db.cache_stats().bytes_held;
+    assert!(persisted <= appended, "{persisted} bytes after the checkpoint");
+
+    let row = db.as_of("cold", &["count_life", "count_1d"], END).unwrap();
+    assert_eq!(row.values, [Value::Int(22_001), Value::Int(200)]);
+    assert!(db.cache_stats().bytes_held > 50 * appended, "the history is in memory now");
+}

@@ -148,6 +148,11 @@ fn the_background_materialiser_catches_up() {
     let entities = 20;
     db.append_json("tx", &events(entities, &[BOUNDARY - 5, BOUNDARY], "a"))
         .unwrap();
+    // Entities only appended to are not read back into memory by the materialiser; a read
+    // brings each in.
+    for entity in 0..entities {
+        db.latest(&format!("c{entity}"), &["n_rt"]).unwrap();
+    }
     clock.set(BOUNDARY + PERIOD);
     // Wait (bounded) for the background passes to compute both batch values of every
     // entity; then a pass of our own finds nothing left.
