@@ -7,11 +7,14 @@
 //! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
 //! synced 1,000-put batches; `latest` and `as_of` p50/p99 for one entity and 12 features;
 //! `latest` while current events keep arriving for the same entities; `as_of` for a hot
-//! entity with 36k events inside a 1 h window; full replay of the log; peak RSS.
+//! entity with 36k events inside a 1 h window; full replay of the log; peak RSS of the
+//! process, and of the database alone (the process less the input the harness generated
+//! before timing, sampled throughout: `RssSampler`).
 //! Figures: docs/benchmarks.md.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fsdb::time::ManualClock;
@@ -56,6 +59,59 @@ fn definitions(freshness: Option<&str>) -> String {
         }
     }
     out
+}
+
+/// The resident set now, in bytes (`/proc/self/statm`; 0 where there is none).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The peak RSS of the database alone: the process's RSS sampled every 10 ms, less the
+/// bytes of the pre-generated input while the harness holds it (`input_bytes`). At scale M
+/// that input (10M `Event` values) is larger than the database it is fed to.
+struct RssSampler {
+    input_bytes: AtomicU64,
+    peak: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl RssSampler {
+    const PERIOD: Duration = Duration::from_millis(10);
+
+    /// Start sampling, the harness holding `input_bytes` of input.
+    fn start(input_bytes: u64) -> Arc<RssSampler> {
+        let sampler = Arc::new(RssSampler {
+            input_bytes: AtomicU64::new(input_bytes),
+            peak: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&sampler);
+        std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                s.sample();
+                std::thread::sleep(Self::PERIOD);
+            }
+        });
+        sampler
+    }
+
+    fn sample(&self) {
+        let database = rss_bytes().saturating_sub(self.input_bytes.load(Ordering::Relaxed));
+        self.peak.fetch_max(database, Ordering::Relaxed);
+    }
+
+    /// The peak so far, in MiB; stops sampling.
+    fn finish(&self) -> f64 {
+        self.sample();
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed) as f64 / (1 << 20) as f64
+    }
 }
 
 fn peak_rss_mib() -> f64 {
@@ -175,11 +231,18 @@ fn main() {
     // Ingest, interleaved with the peer so both see the same machine state.
     let peer = rocksdb_synced_batches(&root.path().join("peer-1"), spec.events / 2);
     let data = root.path().join("fsdb");
+    let before_input = rss_bytes();
+    let batches = batches(&spec);
+    let input_bytes = rss_bytes().saturating_sub(before_input);
+    let rss = RssSampler::start(input_bytes);
     let db = Db::open(&data, options(&clock)).unwrap();
     db.apply(&definitions(freshness.as_deref())).unwrap();
-    let batches = batches(&spec);
     let (accepted, took) = ingest(&db, &batches);
+    // Until the allocator has returned the input's pages, the sampler still subtracts
+    // them (and the figure errs high rather than low).
     drop(batches);
+    std::thread::sleep(Duration::from_millis(200));
+    rss.input_bytes.store(0, Ordering::Relaxed);
     let peer2 = rocksdb_synced_batches(&root.path().join("peer-2"), spec.events / 2);
     let fsdb_rate = accepted as f64 / took.as_secs_f64();
     let peer_rate = spec.events as f64 / (peer + peer2).as_secs_f64();
@@ -194,8 +257,9 @@ fn main() {
         fsdb_rate / peer_rate
     );
     db.checkpoint().unwrap();
+    let mut phases = vec![("ingest", rss_bytes())];
     if freshness.as_deref() == Some("none") {
-        println!("peak RSS: {:.0} MiB", peak_rss_mib());
+        print_rss(&rss, input_bytes);
         return;
     }
 
@@ -217,6 +281,7 @@ fn main() {
         },
         50_000,
     );
+    phases.push(("latest", rss_bytes()));
     println!(
         "latest, 12 features: p50 {:.1} µs, p99 {:.1} µs",
         p50.as_secs_f64() * 1e6,
@@ -241,6 +306,7 @@ fn main() {
         },
         50_000,
     );
+    phases.push(("as_of", rss_bytes()));
     println!(
         "as_of, 12 features: p50 {:.1} µs, p99 {:.1} µs",
         p50.as_secs_f64() * 1e6,
@@ -277,6 +343,7 @@ fn main() {
             reads.push(start.elapsed());
         }
     }
+    phases.push(("latest under ingest", rss_bytes()));
     reads.sort_unstable();
     println!(
         "latest under ingest, 12 features: p50 {:.1} µs, p99 {:.1} µs",
@@ -323,6 +390,7 @@ fn main() {
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
     );
+    phases.push(("hot entity", rss_bytes()));
     let digest = db.state_digest().unwrap();
     db.close().unwrap();
 
@@ -332,6 +400,7 @@ fn main() {
     let start = Instant::now();
     let replayed = Db::open(&replay_dir, options(&clock)).unwrap();
     let took = start.elapsed();
+    phases.push(("replay", rss_bytes()));
     let records = replayed.open_report().replayed;
     println!(
         "replay: {records} records in {:.2}s = {:.0} records/s",
@@ -343,5 +412,19 @@ fn main() {
         digest,
         "replay rebuilds identical state"
     );
-    println!("peak RSS: {:.0} MiB", peak_rss_mib());
+    print_rss(&rss, input_bytes);
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(phase, bytes)| format!("{phase} {:.0}", *bytes as f64 / (1 << 20) as f64))
+        .collect();
+    println!("RSS after each phase (MiB): {}", phases.join(", "));
+}
+
+fn print_rss(rss: &RssSampler, input_bytes: u64) {
+    println!(
+        "peak RSS: {:.0} MiB (process, with the pre-generated input of {:.0} MiB); database: {:.0} MiB",
+        peak_rss_mib(),
+        input_bytes as f64 / (1 << 20) as f64,
+        rss.finish()
+    );
 }

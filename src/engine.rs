@@ -320,6 +320,9 @@ pub(crate) struct StreamState {
     pub(crate) features: RwLock<FeatureSet>,
     /// Entities present in memory (`None` while being loaded).
     entities: Vec<RwLock<FxHashMap<Box<str>, EntitySlot>>>,
+    /// Bytes of entity state read from the state store since the last eviction pass:
+    /// reads can grow memory between checkpoints (`Inner::after_reads`).
+    loaded_bytes: AtomicUsize,
 }
 
 /// Streams and features by name.
@@ -470,6 +473,7 @@ impl StreamState {
             entities: (0..ENTITY_SHARDS)
                 .map(|_| RwLock::new(FxHashMap::default()))
                 .collect(),
+            loaded_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -659,13 +663,16 @@ impl StreamState {
                 run.insert(*time, *lsn, &cells);
             }
         }
-        Ok(EntityState {
+        let state = EntityState {
             run,
             unpersisted: page::Page::new(self.field_types.len()),
             history_loaded: true,
             latest: Vec::new(),
             touched: true,
-        })
+        };
+        self.loaded_bytes
+            .fetch_add(state.heap_bytes(), Ordering::Relaxed);
+        Ok(state)
     }
 }
 
@@ -1049,7 +1056,9 @@ impl Drop for Db {
 
 /// Whether the entity's whole history is in memory (not absent, loading or partial).
 pub(crate) fn history_in_memory(slot: &EntitySlot) -> bool {
-    slot.lock().as_ref().is_some_and(|state| state.history_loaded)
+    slot.lock()
+        .as_ref()
+        .is_some_and(|state| state.history_loaded)
 }
 
 /// An entity slot's lock if the entity may leave memory: it is loaded, all its events are
@@ -1594,10 +1603,23 @@ impl Inner {
         }
     }
 
+    /// After a read of `stream`: once reads have brought an eighth of `cache_bytes_max` into
+    /// memory since the last eviction pass, wake the checkpointer for one now rather than at
+    /// its next interval, so that a burst of reads of cold entities cannot outgrow the
+    /// budget by much.
+    pub(crate) fn after_reads(&self, stream: &StreamState) {
+        if stream.loaded_bytes.load(Ordering::Relaxed) > self.options.cache_bytes_max / 8 {
+            self.wake.notify_all();
+        }
+    }
+
     /// Keep the entities in memory within `cache_bytes_max`: each stream gives up its
     /// share of the excess, coldest entities first.
     fn evict(&self) {
         let streams = self.registry.read().streams.clone();
+        for stream in &streams {
+            stream.loaded_bytes.store(0, Ordering::Relaxed);
+        }
         let held: Vec<usize> = streams.iter().map(|s| s.held_bytes()).collect();
         let total: usize = held.iter().sum();
         let budget = self.options.cache_bytes_max;

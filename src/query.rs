@@ -197,6 +197,8 @@ impl Db {
                 remember,
             };
             *stats += fold.run(&mut state, &mut values).0;
+            drop(state);
+            self.inner.after_reads(stream);
         }
         Ok(FeatureRow {
             entity: entity.to_owned(),

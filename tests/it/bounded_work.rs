@@ -265,9 +265,70 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     );
     db.checkpoint().unwrap();
     let persisted = db.cache_stats().bytes_held;
-    assert!(persisted <= appended, "{persisted} bytes after the checkpoint");
+    assert!(
+        persisted <= appended,
+        "{persisted} bytes after the checkpoint"
+    );
 
     let row = db.as_of("cold", &["count_life", "count_1d"], END).unwrap();
     assert_eq!(row.values, [Value::Int(22_001), Value::Int(200)]);
-    assert!(db.cache_stats().bytes_held > 50 * appended, "the history is in memory now");
+    assert!(
+        db.cache_stats().bytes_held > 50 * appended,
+        "the history is in memory now"
+    );
+}
+
+/// Reads of cold entities do not outgrow the cache budget until the next checkpoint
+/// interval: once they have loaded an eighth of it, they wake the evictor.
+#[test]
+fn reads_of_cold_entities_stay_near_the_cache_budget() {
+    const BUDGET: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(ManualClock::new(END)),
+            durability: Durability::NoSync,
+            cache_bytes_max: BUDGET,
+            // Only reads can trigger an eviction pass in this test.
+            checkpoint_interval_ms: 3_600_000,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    db.apply(DEFS).unwrap();
+    let entities: Vec<String> = (0..300).map(|e| format!("e{e}")).collect();
+    for entity in &entities {
+        let batch: Vec<Event> = (0..400)
+            .map(|i| event(entity, END - DAY + i * 1000, i))
+            .collect();
+        db.append("tx", &batch).unwrap();
+    }
+    db.checkpoint().unwrap();
+    let after_ingest = db.cache_stats().bytes_held;
+    assert!(
+        after_ingest < 64 << 10,
+        "appends keep no history: {after_ingest} bytes"
+    );
+
+    let names = ["count_1h", "sum_1h", "distinct_1h"];
+    for entity in &entities {
+        db.latest(entity, &names).unwrap();
+        std::thread::yield_now();
+    }
+    // Bounded wait for the last pass woken by the reads to finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let held = loop {
+        let cache = db.cache_stats();
+        if cache.evicted > 0 && cache.bytes_held <= 2 * BUDGET {
+            break cache.bytes_held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads of 300 cold entities left {cache:?} with a budget of {BUDGET}"
+        );
+        db.latest(&entities[0], &names).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(held <= 2 * BUDGET);
 }
