@@ -400,11 +400,7 @@ fn parse_feature(table: &toml::Table) -> Result<FeatureDef, DefinitionError> {
         .transpose()?;
     let filter = keys
         .string("where")?
-        .map(|w| {
-            filter::parse(w)
-                .map(|e| e.to_string())
-                .map_err(|e| error(&subject, Some("where"), e))
-        })
+        .map(|w| filter::canonical(w).map_err(|e| error(&subject, Some("where"), e)))
         .transpose()?;
     let freshness = match keys.string("freshness")? {
         None | Some("realtime") => Freshness::Realtime,
@@ -587,6 +583,19 @@ impl FeatureDef {
             .and_then(|f| stream.fields.get(f))
             .copied();
         self.agg.result_type(field_type)
+    }
+
+    /// Bring a stored `where` text to the current canonical form. Earlier versions stored
+    /// it fully parenthesised; read back from the state or the log, it must compare equal
+    /// to the same filter applied now. (The current form is never the longer one.)
+    pub fn recanonicalize_filter(&mut self) -> Result<(), DefinitionError> {
+        if let Some(text) = &mut self.filter {
+            let subject = Subject::Feature(self.name.clone());
+            *text = filter::parse(text)
+                .map_err(|e| error(&subject, Some("where"), e))?
+                .to_string();
+        }
+        Ok(())
     }
 
     /// A stable content hash of the definition (hex), shown by the registry.

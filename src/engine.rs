@@ -1086,13 +1086,21 @@ struct StateHeader {
 impl StateHeader {
     fn read(state: StateStore) -> Result<(StateStore, StateHeader)> {
         let applied_lsn = state.applied_lsn()?;
-        let catalog: Catalog = match state.get(Table::Meta, CATALOG_KEY)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::BadStateRow {
-                key: CATALOG_KEY.to_vec(),
-                reason: e.to_string(),
-            })?,
+        let bad_catalog = |reason: String| Error::BadStateRow {
+            key: CATALOG_KEY.to_vec(),
+            reason,
+        };
+        let mut catalog: Catalog = match state.get(Table::Meta, CATALOG_KEY)? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| bad_catalog(e.to_string()))?
+            }
             None => Catalog::default(),
         };
+        for feature in &mut catalog.features {
+            feature
+                .recanonicalize_filter()
+                .map_err(|e| bad_catalog(e.to_string()))?;
+        }
         let catalog_lsn = match state.get(Table::Meta, CATALOG_LSN_KEY)? {
             Some(bytes) => {
                 let bytes: [u8; 8] =
@@ -1417,6 +1425,10 @@ impl Inner {
                     LogEntryBorrowed::Event { .. } => events.push((lsn, entry)),
                     LogEntryBorrowed::Definitions(definitions) => {
                         self.apply_events_parallel(&std::mem::take(&mut events))?;
+                        let mut definitions = definitions.clone();
+                        for feature in &mut definitions.features {
+                            feature.recanonicalize_filter()?;
+                        }
                         let mut registry = self.registry.write();
                         if lsn > registry.catalog_lsn {
                             let plan = registry.catalog.plan(&definitions)?;

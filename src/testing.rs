@@ -27,11 +27,15 @@ fn text(input: &[u8]) -> Option<&str> {
 }
 
 /// A `where` expression: parsing never panics, and the canonical text of what parses
-/// parses to the same expression.
+/// parses to the same expression unless it was refused for its length.
 pub fn check_where(input: &[u8]) {
     let Some(text) = text(input) else { return };
     if let Ok(expr) = filter::parse(text) {
-        let canonical = expr.to_string();
+        let canonical = match filter::canonical(text) {
+            Ok(canonical) => canonical,
+            Err(e) if e.starts_with("longer than") => return,
+            Err(e) => panic!("{text:?} parses but has no canonical form: {e}"),
+        };
         let again = filter::parse(&canonical)
             .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
         assert_eq!(

@@ -204,3 +204,44 @@ fn locked_directory_is_refused() {
         Err(Error::Locked { .. })
     ));
 }
+
+/// A `where` of many terms is stored flat and compiles; one that is too long once written
+/// out canonically is refused when defined, naming the key — never stored and then
+/// failing to compile (found by the `where_expr` fuzz target).
+#[test]
+fn long_where_chains_apply_or_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let terms: Vec<String> = (0..100).map(|i| format!("qty == {i}")).collect();
+    let feature = |name: &str, filter: &str| {
+        format!(
+            "[[feature]]\nname = \"{name}\"\nstream = \"tx\"\nagg = \"count\"\nwhere = \"{filter}\"\n"
+        )
+    };
+    db.apply(&feature("n_listed", &terms.join(" or "))).unwrap();
+    let events = [
+        json!({"card": "c", "ts": 1_000, "id": "a", "qty": 42}),
+        json!({"card": "c", "ts": 1_001, "id": "b", "qty": 420}),
+    ];
+    db.append_json("tx", &events).unwrap();
+    let row = db.latest("c", &["n_listed"]).unwrap();
+    assert_eq!(row.values, [fsdb::Value::Int(1)]);
+    // Reopened, the stored text compiles again.
+    db.close().unwrap();
+    let db = open(dir.path());
+    assert_eq!(
+        db.latest("c", &["n_listed"]).unwrap().values,
+        [fsdb::Value::Int(1)]
+    );
+
+    let dense = vec!["qty>1"; 420].join(" or ");
+    let err = db
+        .apply(&feature("n_dense", &dense))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("where") && err.contains("longer than"),
+        "{err}"
+    );
+    assert!(db.latest("c", &["n_dense"]).is_err());
+}
