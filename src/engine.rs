@@ -578,31 +578,36 @@ impl StreamState {
     /// Drop entities from memory until the stream holds at most `target` bytes, or no
     /// entity can go. An entity goes only if all its events are persisted, nobody holds it
     /// (the map's `Arc` is the only one, checked under the shard's write lock, so no query
-    /// or append can be about to use it), and it was not used since the previous pass.
+    /// or append can be about to use it), and it was not used since the previous sweep.
+    /// A sweep that leaves the stream over `target` (every entity was used: a working set
+    /// larger than the budget) is followed by a second, which drops those not used since
+    /// the first: the budget holds, at the price of reading hot entities back.
     /// Returns how many entities it dropped.
     fn evict(&self, target: usize) -> usize {
         let mut evicted = 0;
         let mut held = self.held_bytes();
-        if held <= target {
-            return 0;
-        }
-        for shard in &self.entities {
-            let mut map = shard.write();
-            map.retain(|_, slot| {
-                if held <= target {
-                    return true;
-                }
-                let Some(mut guard) = droppable(slot) else {
-                    return true;
-                };
-                let state = guard.as_mut().expect("droppable entities are loaded");
-                if std::mem::take(&mut state.touched) {
-                    return true;
-                }
-                held = held.saturating_sub(state.heap_bytes());
-                evicted += 1;
-                false
-            });
+        for _sweep in 0..2 {
+            if held <= target {
+                break;
+            }
+            for shard in &self.entities {
+                let mut map = shard.write();
+                map.retain(|_, slot| {
+                    if held <= target {
+                        return true;
+                    }
+                    let Some(mut guard) = droppable(slot) else {
+                        return true;
+                    };
+                    let state = guard.as_mut().expect("droppable entities are loaded");
+                    if std::mem::take(&mut state.touched) {
+                        return true;
+                    }
+                    held = held.saturating_sub(state.heap_bytes());
+                    evicted += 1;
+                    false
+                });
+            }
         }
         evicted
     }

@@ -252,8 +252,8 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     load(&db, "cold", 20_000);
     db.as_of("cold", &["count_life"], END).unwrap();
     let loaded = db.cache_stats().bytes_held;
-    // The first pass clears the "recently used" mark, the second evicts.
-    db.checkpoint().unwrap();
+    // One checkpoint sweeps twice: the first clears the "recently used" mark, the second
+    // evicts.
     db.checkpoint().unwrap();
     assert_eq!(db.cache_stats().entities_in_memory, 0);
 

@@ -150,9 +150,9 @@ fn scenario(seed: u64) {
     }
 
     if seed % 2 == 1 {
-        // The first pass clears the "recently used" marks, the second evicts: with a 1-byte
-        // budget, every (persisted, idle) entity leaves memory; what follows reads them back.
-        db.checkpoint().unwrap();
+        // Over budget with every entity recently used, one checkpoint sweeps twice (the
+        // first clears the "recently used" marks, the second evicts): with a 1-byte budget,
+        // every (persisted, idle) entity leaves memory; what follows reads them back.
         db.checkpoint().unwrap();
         let cache = db.cache_stats();
         assert!(
