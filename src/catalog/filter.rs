@@ -366,9 +366,9 @@ impl Parser {
 pub fn canonical(text: &str) -> Result<String, String> {
     let canonical = parse(text)?.to_string();
     if canonical.len() > FILTER_BYTES_MAX {
+        let start: String = canonical.chars().take(64).collect();
         return Err(format!(
-            "longer than {FILTER_BYTES_MAX} bytes once written out as {:?}...",
-            &canonical[..canonical.floor_char_boundary(64)]
+            "longer than {FILTER_BYTES_MAX} bytes once written out as {start:?}..."
         ));
     }
     Ok(canonical)
