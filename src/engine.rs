@@ -1626,8 +1626,6 @@ impl Inner {
     /// budget by much.
     pub(crate) fn after_reads(&self, stream: &StreamState) {
         if stream.loaded_bytes.load(Ordering::Relaxed) > self.options.cache_bytes_max / 8 {
-            // Once per eighth, even if the pass it wakes fails (no busy loop then).
-            stream.loaded_bytes.store(0, Ordering::Relaxed);
             self.wake.notify_all();
         }
     }
