@@ -829,6 +829,7 @@ impl Db {
         report.replayed = inner.replay_log(state_lsn + 1)?;
         if report.replayed > 0 {
             inner.checkpoint()?;
+            inner.evict();
         }
         let checkpointer = {
             let inner = Arc::clone(&inner);
@@ -1076,6 +1077,31 @@ fn droppable(slot: &EntitySlot) -> Option<parking_lot::MutexGuard<'_, Option<Ent
     let guard = slot.try_lock()?;
     let state = guard.as_ref()?;
     (state.unpersisted.len() == 0).then_some(guard)
+}
+
+/// Decode a batch of log records (`(lsn, start, end)` into `buffer`) on two threads, each
+/// taking one half; the entries come back in log order.
+fn decode_parallel<'a>(
+    buffer: &'a [u8],
+    records: &[(Lsn, usize, usize)],
+) -> Result<Vec<(Lsn, LogEntryBorrowed<'a>)>> {
+    let decode = |part: &[(Lsn, usize, usize)]| -> Result<Vec<(Lsn, LogEntryBorrowed<'a>)>> {
+        part.iter()
+            .map(|&(lsn, start, end)| {
+                codec::decode_borrowed(&buffer[start..end])
+                    .map(|entry| (lsn, entry))
+                    .map_err(|source| Error::BadRecord { lsn, source })
+            })
+            .collect()
+    };
+    let (front, back) = records.split_at(records.len() / 2);
+    let (front, back) = std::thread::scope(|scope| {
+        let back = scope.spawn(|| decode(back));
+        (decode(front), back.join().expect("replay decoder panicked"))
+    });
+    let mut entries = front?;
+    entries.extend(back?);
+    Ok(entries)
 }
 
 /// What opening reads from the state store before replaying the log's tail.
@@ -1398,8 +1424,8 @@ impl Inner {
 
     /// Apply every log record from `from` on. Returns how many were applied.
     ///
-    /// Records are read in batches; the events of a batch are applied by two threads,
-    /// split by entity (entities are independent, and applying is idempotent and
+    /// Records are read in batches, decoded by two threads (half the batch each), and the
+    /// events of a batch are applied by two threads, split by entity (entities are independent, and applying is idempotent and
     /// order-free within one). A definitions record is applied in its place, so the events
     /// after it see the catalog it adds.
     fn replay_log(&self, from: Lsn) -> Result<u64> {
@@ -1422,10 +1448,9 @@ impl Inner {
             let Some(&(last, _, _)) = records.last() else {
                 break;
             };
+            let decoded = decode_parallel(&buffer, &records)?;
             let mut events: Vec<(Lsn, LogEntryBorrowed<'_>)> = Vec::with_capacity(records.len());
-            for &(lsn, start, end) in &records {
-                let entry: LogEntryBorrowed<'_> = codec::decode_borrowed(&buffer[start..end])
-                    .map_err(|source| Error::BadRecord { lsn, source })?;
+            for (lsn, entry) in decoded {
                 match entry {
                     LogEntryBorrowed::Event { .. } => events.push((lsn, entry)),
                     LogEntryBorrowed::Definitions(definitions) => {
@@ -1455,7 +1480,10 @@ impl Inner {
             count += records.len() as u64;
             self.applied.complete(self.applied.end(), last + 1);
             if self.unpersisted_events.load(Ordering::Relaxed) >= self.options.checkpoint_events {
+                // As under ingest: what the checkpoint persisted may leave memory, so a
+                // replay holds at most the cache budget plus one checkpoint's events.
                 self.checkpoint()?;
+                self.evict();
             }
         }
         Ok(count)
