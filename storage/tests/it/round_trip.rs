@@ -159,3 +159,71 @@ fn oversized_batch_gets_its_own_segment() {
     assert_eq!(read_all(&log).unwrap().len(), 12);
     log.verify().unwrap();
 }
+
+/// A file system that counts the memory maps it hands out.
+#[derive(Debug, Default)]
+struct CountingMaps {
+    inner: SimVfs,
+    maps: std::sync::atomic::AtomicUsize,
+}
+
+impl fsdb_storage::io::Vfs for CountingMaps {
+    fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn open_file(
+        &self,
+        path: &std::path::Path,
+        mode: fsdb_storage::io::OpenMode,
+    ) -> std::io::Result<Arc<dyn fsdb_storage::io::VfsFile>> {
+        self.inner.open_file(path, mode)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn map_readonly(&self, path: &std::path::Path) -> std::io::Result<fsdb_storage::io::FileBytes> {
+        self.maps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.map_readonly(path)
+    }
+    fn lock_dir(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> std::io::Result<Box<dyn fsdb_storage::io::DirLock>> {
+        self.inner.lock_dir(dir, name)
+    }
+}
+
+/// A scan passes over the whole log once: it reads through a buffer, and maps nothing (a
+/// map would keep every page it passed resident). Reads by position use the maps.
+#[test]
+fn scans_read_through_a_buffer_and_reads_by_position_map() {
+    let vfs = Arc::new(CountingMaps::default());
+    let log = Log::open_with(vfs.clone(), &dir(), small_options(Durability::NoSync)).unwrap();
+    let mut positions = Vec::new();
+    for i in 0..200u32 {
+        let batch = vec![i.to_le_bytes().repeat(25)];
+        positions.extend(log.append(&batch).unwrap().positions);
+    }
+    let segments: std::collections::BTreeSet<_> = positions.iter().map(|p| p.segment).collect();
+    assert!(
+        segments.len() > 3,
+        "the log rotated: {} segments",
+        segments.len()
+    );
+    let scanned: Vec<_> = log.scan(1).unwrap().map(Result::unwrap).collect();
+    assert_eq!(scanned.len(), 200);
+    assert_eq!(vfs.maps.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let first = log.read(positions[0]).unwrap();
+    assert_eq!(first.payload, 0u32.to_le_bytes().repeat(25));
+    assert_eq!(vfs.maps.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
