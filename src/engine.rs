@@ -668,6 +668,7 @@ impl StreamState {
                 run.insert(*time, *lsn, &cells);
             }
         }
+        run.shrink_to_fit();
         let state = EntityState {
             run,
             unpersisted: page::Page::new(self.field_types.len()),

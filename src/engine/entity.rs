@@ -134,6 +134,12 @@ impl EntityRun {
         self.root.heap_bytes()
     }
 
+    /// Give back the room pages keep for rows to come: for a run read from the state
+    /// store, whose pages were filled by inserts (each page's buffer grew by doubling).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.root.shrink_to_fit();
+    }
+
     /// Every event, as (page, row), in (time, LSN) order.
     pub(crate) fn rows(&self) -> Vec<(&Page, u32)> {
         let mut out = Vec::with_capacity(self.root.count);
@@ -216,6 +222,16 @@ impl Node {
                 Body::Leaf(page) => page.heap_bytes(),
                 Body::Inner(children) => children.iter().map(Node::heap_bytes).sum(),
             }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match &mut self.body {
+            Body::Leaf(page) => page.shrink_to_fit(),
+            Body::Inner(children) => {
+                children.shrink_to_fit();
+                children.iter_mut().for_each(Node::shrink_to_fit);
+            }
+        }
     }
 
     fn collect_rows<'a>(&'a self, out: &mut Vec<(&'a Page, u32)>) {

@@ -105,6 +105,11 @@ impl Page {
         true
     }
 
+    /// Drop the spare capacity.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.data.shrink_to_fit();
+    }
+
     /// Approximate heap bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.data.capacity() * 8
