@@ -29,6 +29,10 @@ struct Cli {
     /// The data directory.
     #[arg(long, global = true, env = "FSDB_DATA", default_value = "./fsdb-data")]
     data: PathBuf,
+    /// Memory for entities' events held in memory, in MiB (`Options::cache_bytes_max`):
+    /// past it, entities not used lately leave memory after a checkpoint.
+    #[arg(long, global = true, env = "FSDB_CACHE_MIB", default_value_t = Options::default().cache_bytes_max as u64 >> 20, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    cache_mib: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,15 +151,16 @@ enum Command {
     },
 }
 
-fn options() -> Options {
+fn options(cache_mib: u64) -> Options {
     Options {
         clock: Arc::new(SystemClock),
+        cache_bytes_max: usize::try_from(cache_mib << 20).unwrap_or(usize::MAX),
         ..Options::default()
     }
 }
 
-fn open(data: &Path) -> anyhow::Result<Db> {
-    Db::open(data, options()).with_context(|| format!("opening {}", data.display()))
+fn open(data: &Path, cache_mib: u64) -> anyhow::Result<Db> {
+    Db::open(data, options(cache_mib)).with_context(|| format!("opening {}", data.display()))
 }
 
 /// Run the tool; prints errors as one line and maps outcomes to exit codes.
@@ -194,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             let report = db
                 .apply(&text)
                 .with_context(|| format!("{}", file.display()))?;
@@ -206,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db.close()?;
         }
         Command::Remove { features } => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             let names: Vec<&str> = features.iter().map(String::as_str).collect();
             let removed = db.remove_features(&names)?;
             print_json(&serde_json::json!({ "removed": removed }))?;
@@ -218,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             skip_bad,
             batch_events,
         } => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             let report = ingest::ingest(&db, &stream, &files, skip_bad, batch_events)?;
             db.close()?;
             print_json(&report)?;
@@ -228,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             features,
             as_of,
         } => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             let features = if features.is_empty() {
                 db.feature_names()
             } else {
@@ -243,22 +248,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { features, verify } => {
             if verify {
-                let db = open(&cli.data)?;
-                return verify_against_replay(&db, &features);
+                let db = open(&cli.data, cli.cache_mib)?;
+                return verify_against_replay(&db, &features, cli.cache_mib);
             }
             if !features.is_empty() {
-                let known = open(&cli.data)?.feature_names();
+                let known = open(&cli.data, cli.cache_mib)?.feature_names();
                 if let Some(name) = features.iter().find(|f| !known.contains(f)) {
                     bail!("unknown feature {name:?}");
                 }
             }
             // Feature values are computed from their stream's events when queried, so there
             // is no per-feature state: rebuilding means rebuilding the streams' state.
-            let replayed = Db::rebuild(&cli.data, options()).context("rebuilding the state")?;
+            let replayed =
+                Db::rebuild(&cli.data, options(cli.cache_mib)).context("rebuilding the state")?;
             print_json(&serde_json::json!({ "replayed_records": replayed }))?;
         }
         Command::Verify => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             match db.verify_log() {
                 Ok(report) => eprintln!(
                     "log: {} records in {} segments, every checksum valid",
@@ -269,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(3));
                 }
             }
-            return verify_against_replay(&db, &[]);
+            return verify_against_replay(&db, &[], cli.cache_mib);
         }
         Command::TrainingSet {
             spine,
@@ -279,7 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             time_column,
             skip_bad,
         } => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             training::run(
                 &db,
                 &spine,
@@ -324,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 handler_timeout_ms,
                 ..crate::http::ServeConfig::default()
             };
-            let db = std::sync::Arc::new(open(&cli.data)?);
+            let db = std::sync::Arc::new(open(&cli.data, cli.cache_mib)?);
             crate::http::serve(std::sync::Arc::clone(&db), config, |addr| {
                 eprintln!("fsdb: serving on http://{addr}")
             })?;
@@ -334,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Stats => {
-            let db = open(&cli.data)?;
+            let db = open(&cli.data, cli.cache_mib)?;
             print_json(&db.stats()?)?;
         }
         Command::Demo { keep } => demo::run(keep)?,
@@ -343,9 +349,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Compare the live state with a fresh replay; exit 1 on any difference.
-fn verify_against_replay(db: &Db, features: &[String]) -> anyhow::Result<ExitCode> {
+fn verify_against_replay(db: &Db, features: &[String], cache_mib: u64) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir()?;
-    let check = db.check_against_replay(scratch.path(), &[], options())?;
+    let check = db.check_against_replay(scratch.path(), &[], options(cache_mib))?;
     let differences: std::collections::BTreeMap<&String, &u64> = check
         .differences
         .iter()
