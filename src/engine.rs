@@ -182,17 +182,17 @@ pub(crate) struct FeatureSet {
 /// An entity's run in memory, and which of its events are not yet in the state store.
 ///
 /// An append to an entity that is not in memory does not read its history: it makes a
-/// *partial* state (`history_loaded == false`) whose run holds only events appended since,
-/// and only until a checkpoint has persisted them, so that ingest touching many cold
-/// entities costs memory for the unpersisted events alone. Invariant of a partial state:
-/// every event of the entity is committed to the state store or in `run` (a checkpoint
-/// trims `run` only after its commit). The first reader completes it by merging the two
-/// ([`StreamState::lock_loaded`]); only complete states are folded.
+/// *partial* state (`history_loaded == false`) that holds only the events appended since,
+/// in `unpersisted` alone, and only until a checkpoint has persisted them, so that ingest
+/// touching many cold entities costs one copy of the unpersisted events. Invariant: every
+/// event of the entity is committed to the state store or in `unpersisted` (a checkpoint
+/// removes the rows it wrote only after its commit). The first reader completes a partial
+/// state by merging the two ([`StreamState::lock_loaded`]); only complete states are folded.
 pub(crate) struct EntityState {
-    /// Complete: every event of the entity. Partial: the events not known to be persisted.
+    /// Complete: every event of the entity. Partial: empty.
     pub(crate) run: EntityRun,
-    /// Copies of the events applied since the entity's last checkpoint, encoded from here
-    /// by the next checkpoint.
+    /// The events applied and not yet committed to the state store, which the next
+    /// checkpoint encodes from here (for a complete state, copies of rows of `run`).
     unpersisted: page::Page,
     /// Complete: `run` holds the persisted history and everything applied since.
     history_loaded: bool,
@@ -214,20 +214,6 @@ impl EntityState {
             latest: Vec::new(),
             touched: true,
         }
-    }
-
-    /// After a checkpoint committed this entity's events: a partial state keeps in its run
-    /// only those still unpersisted (appended after the checkpoint took its rows).
-    fn drop_persisted(&mut self, columns: usize) {
-        if self.history_loaded {
-            return;
-        }
-        let mut run = EntityRun::new(columns);
-        let rows = &self.unpersisted;
-        for row in 0..rows.len() {
-            run.insert(rows.time(row), rows.lsn(row), &rows.row_cells(row));
-        }
-        self.run = run;
     }
 
     /// Approximate heap bytes (for the cache budget).
@@ -419,6 +405,9 @@ pub(crate) struct Inner {
     /// The key of the next dedup chunk.
     next_id_chunk: AtomicU64,
     checkpointing: Mutex<()>,
+    /// One eviction pass at a time: a pass counting bytes holds every entity's `Arc` for a
+    /// moment, which would make them all look in use to another pass.
+    evicting: Mutex<()>,
     wake: Condvar,
     shutdown: Mutex<bool>,
     poison: Mutex<Option<String>>,
@@ -528,13 +517,13 @@ impl StreamState {
             None => *guard = Some(self.load(name, store)?),
             Some(state) if !state.history_loaded => {
                 let mut loaded = self.load(name, store)?;
-                // Events both persisted and in the run (a checkpoint in flight, or a
+                // Events both persisted and unpersisted (a checkpoint in flight, or a
                 // replayed event persisted again) are inserted once.
-                for (page, row) in state.run.rows() {
-                    let row = row as usize;
+                let rows = &state.unpersisted;
+                for row in 0..rows.len() {
                     loaded
                         .run
-                        .insert(page.time(row), page.lsn(row), &page.row_cells(row));
+                        .insert(rows.time(row), rows.lsn(row), &rows.row_cells(row));
                 }
                 state.run = loaded.run;
                 state.history_loaded = true;
@@ -814,6 +803,7 @@ impl Db {
             unpersisted_events: AtomicUsize::new(0),
             next_id_chunk: AtomicU64::new(next_id_chunk),
             checkpointing: Mutex::new(()),
+            evicting: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: Mutex::new(false),
             poison: Mutex::new(None),
@@ -1379,18 +1369,20 @@ impl Inner {
             .entity(entity, &self.state, true)?
             .expect("created on demand");
         {
-            // A partial state cannot tell a replayed event that is already persisted: it
-            // persists it again, and loading merges the two (`lock_loaded`, `load`).
+            // A complete state knows every event (its run); a partial one only those not
+            // yet persisted: it cannot tell a replayed event that is already persisted, and
+            // persists it again; loading merges the two (`lock_loaded`, `load`).
             let mut state = stream.lock_for_append(&slot);
-            if state.run.insert(time_ms, lsn, &applied.cells) {
-                if state.unpersisted.len() == 0 {
+            let new = !state.history_loaded || state.run.insert(time_ms, lsn, &applied.cells);
+            let was_clean = state.unpersisted.len() == 0;
+            if new && state.unpersisted.insert(time_ms, lsn, &applied.cells) {
+                if was_clean {
                     applied.newly_dirty.push(Dirty {
                         stream: Arc::clone(stream),
                         name: entity.into(),
                         slot: Arc::clone(&slot),
                     });
                 }
-                state.unpersisted.insert(time_ms, lsn, &applied.cells);
                 for cached in &mut state.latest {
                     if cached.as_mut().is_some_and(|c| !c.after_insert(time_ms)) {
                         *cached = None;
@@ -1558,16 +1550,18 @@ impl Inner {
         {
             return Ok(());
         }
-        // Take each dirty entity's unpersisted rows and encode them as chunks of at most
-        // CHUNK_ROWS_MAX rows, each keyed by its smallest LSN.
-        let mut taken: Vec<(Dirty, page::Page)> = Vec::with_capacity(dirty.len());
+        // Encode each dirty entity's unpersisted rows, copied under its lock, as chunks of
+        // at most CHUNK_ROWS_MAX rows, each keyed by its smallest LSN. The rows stay in
+        // `unpersisted` (for a partial state, the only place they are in memory) until the
+        // commit; then exactly the rows written are removed, whatever came in meanwhile.
+        let mut written: Vec<(Dirty, Vec<(i64, Lsn)>)> = Vec::with_capacity(dirty.len());
         let mut chunks = Vec::with_capacity(dirty.len());
         for entity in dirty {
-            let mut guard = entity.slot.lock();
-            let state = guard.as_mut().expect("dirty entities are loaded");
-            let empty = page::Page::new(entity.stream.field_types.len());
-            let rows = std::mem::replace(&mut state.unpersisted, empty);
-            drop(guard);
+            let rows = {
+                let guard = entity.slot.lock();
+                let state = guard.as_ref().expect("dirty entities are in memory");
+                state.unpersisted.clone()
+            };
             let strings = entity.stream.strings.read();
             for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
                 let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
@@ -1583,9 +1577,10 @@ impl Inner {
                 chunks.push((key, codec::encode(&view).expect("chunks encode")));
             }
             drop(strings);
-            taken.push((entity, rows));
+            let keys = (0..rows.len()).map(|row| (rows.time(row), rows.lsn(row)));
+            written.push((entity, keys.collect()));
         }
-        let events: usize = taken.iter().map(|(_, rows)| rows.len()).sum();
+        let events: usize = written.iter().map(|(_, keys)| keys.len()).sum();
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
@@ -1614,32 +1609,28 @@ impl Inner {
                     events.min(self.unpersisted_events.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
                 );
-                for (entity, _) in &taken {
+                // An entity that received events while this checkpoint ran stays dirty (its
+                // appends saw `unpersisted` non-empty and did not list it again).
+                let mut still_dirty = Vec::new();
+                for (entity, keys) in written {
                     let mut guard = entity.slot.lock();
-                    let state = guard.as_mut().expect("dirty entities are loaded");
-                    state.drop_persisted(entity.stream.field_types.len());
+                    let state = guard.as_mut().expect("dirty entities are in memory");
+                    state.unpersisted.remove_rows(&keys);
+                    let left = state.unpersisted.len() > 0;
+                    drop(guard);
+                    if left {
+                        still_dirty.push(entity);
+                    }
                 }
+                self.dirty.lock().extend(still_dirty);
                 Ok(())
             }
             Err(e) => {
-                // Give everything back for the next attempt.
-                let mut dirty = self.dirty.lock();
-                for (entity, rows) in taken {
-                    let mut guard = entity.slot.lock();
-                    let state = guard.as_mut().expect("dirty entities are loaded");
-                    let was_clean = state.unpersisted.len() == 0;
-                    for row in 0..rows.len() {
-                        state.unpersisted.insert(
-                            rows.time(row),
-                            rows.lsn(row),
-                            &rows.row_cells(row),
-                        );
-                    }
-                    drop(guard);
-                    if was_clean {
-                        dirty.push(entity);
-                    }
-                }
+                // Nothing left `unpersisted`: the entities go back on the list for the next
+                // attempt.
+                self.dirty
+                    .lock()
+                    .extend(written.into_iter().map(|(entity, _)| entity));
                 self.pending_ids.lock().extend(ids);
                 if catalog.is_some() {
                     self.registry.write().catalog_dirty = true;
@@ -1662,6 +1653,7 @@ impl Inner {
     /// Keep the entities in memory within `cache_bytes_max`: each stream gives up its
     /// share of the excess, coldest entities first.
     fn evict(&self) {
+        let _one_at_a_time = self.evicting.lock();
         let streams = self.registry.read().streams.clone();
         for stream in &streams {
             stream.loaded_bytes.store(0, Ordering::Relaxed);

@@ -105,6 +105,30 @@ impl Page {
         true
     }
 
+    /// Remove the rows whose (time, LSN) is in `keys`, which are sorted (as a page's rows
+    /// are); rows not in `keys` stay, in order. An emptied page gives back its memory.
+    pub(crate) fn remove_rows(&mut self, keys: &[(i64, u64)]) {
+        let mut keys = keys.iter().copied().peekable();
+        let mut kept = 0;
+        for row in 0..self.len() {
+            let key = (self.time(row), self.lsn(row));
+            while keys.next_if(|&k| k < key).is_some() {}
+            if keys.next_if_eq(&key).is_some() {
+                continue;
+            }
+            if kept != row {
+                let from = row * self.stride;
+                self.data
+                    .copy_within(from..from + self.stride, kept * self.stride);
+            }
+            kept += 1;
+        }
+        self.data.truncate(kept * self.stride);
+        if kept == 0 {
+            self.data = Vec::new();
+        }
+    }
+
     /// Drop the spare capacity.
     pub(crate) fn shrink_to_fit(&mut self) {
         self.data.shrink_to_fit();
@@ -145,6 +169,26 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_rows_removes_exactly_the_keys_given() {
+        let mut page = Page::new(2);
+        for (time, lsn) in [(1i64, 1u64), (2, 2), (2, 3), (4, 4), (5, 5), (7, 6)] {
+            page.insert(time, lsn, &[Some(lsn * 10), None]);
+        }
+        // Keys of rows present, and some that are not (already removed, or never there).
+        page.remove_rows(&[(0, 9), (2, 2), (2, 4), (4, 4), (7, 6), (8, 1)]);
+        let left: Vec<(i64, u64, Option<u64>)> = (0..page.len())
+            .map(|r| (page.time(r), page.lsn(r), page.cell(0, r)))
+            .collect();
+        assert_eq!(
+            left,
+            vec![(1, 1, Some(10)), (2, 3, Some(30)), (5, 5, Some(50))]
+        );
+        assert_eq!(page.cell(1, 1), None);
+        page.remove_rows(&[(1, 1), (2, 3), (5, 5)]);
+        assert_eq!((page.len(), page.heap_bytes()), (0, 0));
+    }
 
     #[test]
     fn rows_stay_sorted_and_cells_round_trip() {
