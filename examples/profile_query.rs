@@ -67,8 +67,12 @@ fn main() {
     for i in 0..n {
         let start = Instant::now();
         std::hint::black_box(
-            db.as_of(&entities[i % entities.len()], &features, times[i % times.len()])
-                .unwrap(),
+            db.as_of(
+                &entities[i % entities.len()],
+                &features,
+                times[i % times.len()],
+            )
+            .unwrap(),
         );
         took.push(start.elapsed().as_secs_f64() * 1e6);
     }
