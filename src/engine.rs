@@ -1418,9 +1418,9 @@ impl Inner {
     /// Apply every log record from `from` on. Returns how many were applied.
     ///
     /// Records are read in batches, decoded by two threads (half the batch each), and the
-    /// events of a batch are applied by two threads, split by entity (entities are independent, and applying is idempotent and
-    /// order-free within one). A definitions record is applied in its place, so the events
-    /// after it see the catalog it adds.
+    /// events of a batch are applied by two threads, split by entity (entities are
+    /// independent, and applying is idempotent and order-free within one). A definitions
+    /// record is applied in its place, so the events after it see the catalog it adds.
     fn replay_log(&self, from: Lsn) -> Result<u64> {
         const BATCH_RECORDS: usize = 1 << 16;
         let mut scan = self.log.scan(from)?;
