@@ -14,7 +14,8 @@ const MUTATIONS: usize = 400_000;
 const MUTATIONS_PER_INPUT: usize = 5_000;
 /// Mutations per corpus input of the engine model (each input opens a database).
 const MODEL_MUTATIONS: usize = 0;
-/// Random inputs for the engine model beside its corpus (more: `FSDB_MODEL_INPUTS=<n>`).
+/// Random inputs for the engine model beside its corpus (more: `FSDB_MODEL_INPUTS=<n>`;
+/// others: `FSDB_MODEL_SEED=<n>`).
 const MODEL_RANDOM_INPUTS: usize = 20;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -115,7 +116,9 @@ fn engine_model() {
     let count = std::env::var("FSDB_MODEL_INPUTS").map_or(MODEL_RANDOM_INPUTS, |n| {
         n.parse().expect("FSDB_MODEL_INPUTS is a number")
     });
-    let mut rng = Rng::new(0x30DE1);
+    let seed = std::env::var("FSDB_MODEL_SEED")
+        .map_or(0x30DE1, |n| n.parse().expect("FSDB_MODEL_SEED is a number"));
+    let mut rng = Rng::new(seed);
     for i in 0..count {
         let len = rng.below(400) as usize;
         let input: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
@@ -123,7 +126,7 @@ fn engine_model() {
             let saved = std::env::temp_dir().join("fsdb-fuzz-failure-engine_model");
             std::fs::write(&saved, &input).unwrap();
             panic!(
-                "engine model: random input {i} failed (saved as {})",
+                "engine model: random input {i} of seed {seed} failed (saved as {})",
                 saved.display()
             );
         }
