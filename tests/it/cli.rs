@@ -649,3 +649,25 @@ fn ingest_parquet_equals_ndjson_and_names_bad_rows() {
         "not a readable Parquet file",
     );
 }
+
+/// `--cache-mib` (or `FSDB_CACHE_MIB`) sets the entity cache budget of any command; a
+/// budget of 0 is refused before anything is opened.
+#[test]
+fn cache_budget_is_an_option_and_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = fsdb(&data, &["--cache-mib", "0", "stats"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--cache-mib"), "{stderr}");
+    assert!(!data.exists(), "nothing was opened");
+    ok(&fsdb(&data, &["--cache-mib", "1", "stats"]));
+    let from_env = Command::new(env!("CARGO_BIN_EXE_fsdb"))
+        .arg("--data")
+        .arg(&data)
+        .arg("stats")
+        .env("FSDB_CACHE_MIB", "not-a-number")
+        .output()
+        .unwrap();
+    assert!(!from_env.status.success());
+}

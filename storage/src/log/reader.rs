@@ -4,8 +4,7 @@
 //! the end of the last complete batch at the time the scan began): a scan passes over the
 //! whole log once, and through a memory map every page it passed would stay in the
 //! process's resident set — a replay of a 1 GB log would end with 1 GB more RSS. Single
-//! records read by position (window-edge events, read again and again) come from the sealed
-//! segments' memory maps. Every frame read is checked (checksum, length, LSN) before its
+//! records read by position come from the sealed segments' memory maps. Every frame read is checked (checksum, length, LSN) before its
 //! payload is handed out.
 
 use std::path::Path;
