@@ -1,5 +1,6 @@
 //! 16 threads appending single 100-byte records with Sync durability; for profiling group
-//! commit with `perf record`.
+//! commit with `perf record`. `THREADS` (16) and `GATHER_US` (the default
+//! `LogOptions::group_commit_gather_us`) vary the run.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,9 @@ fn main() {
             dir.path(),
             LogOptions {
                 durability: Durability::Sync,
+                group_commit_gather_us: std::env::var("GATHER_US")
+                    .map(|t| t.parse().unwrap())
+                    .unwrap_or(LogOptions::default().group_commit_gather_us),
                 ..LogOptions::default()
             },
         )

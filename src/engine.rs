@@ -1278,6 +1278,10 @@ impl Inner {
         if events.is_empty() {
             return Ok(AppendReport::default());
         }
+        // Tell the log's syncer an append is coming, so that concurrent appends share one
+        // fsync (it waits, briefly and bounded, for announced appenders to write).
+        let announced =
+            (self.options.durability == Durability::Sync).then(|| self.log.announce_append());
         // Encode every entry into one buffer, without copying the events.
         let mut buffer = Vec::with_capacity(events.len() * 64);
         let mut ends = Vec::with_capacity(events.len());
@@ -1319,6 +1323,7 @@ impl Inner {
         if self.options.durability == Durability::Sync {
             self.log.wait_durable(end_lsn)?;
         }
+        drop(announced);
         let mut applied = Applied::default();
         for (offset, &i) in accepted.iter().enumerate() {
             let event = &events[i];

@@ -16,6 +16,6 @@ pub mod state;
 pub mod testing;
 
 pub use log::{
-    Appended, CorruptKind, Durability, Log, LogError, LogOptions, LogStats, Lsn, OwnedRecord,
-    Position, Record, RecoveryReport, Scan, VerifyReport,
+    Announced, Appended, CorruptKind, Durability, Log, LogError, LogOptions, LogStats, Lsn,
+    OwnedRecord, Position, Record, RecoveryReport, Scan, VerifyReport,
 };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::format::{
     self, FRAME_HEADER_BYTES, FrameHeader, HEADER_BYTES, SegmentHeader, TRAILER_BYTES, Trailer,
@@ -40,6 +40,11 @@ pub(crate) struct SyncState {
     requested: Lsn,
     /// A syncer thread serves `wait_durable` (Sync mode, while the log is open).
     pub(crate) has_syncer: bool,
+    /// Appenders that announced an append ([`crate::Log::announce_append`]) and have not
+    /// finished it.
+    announced: usize,
+    /// Waiters that registered since the syncer last began an fsync.
+    waiting: usize,
 }
 
 impl SyncState {
@@ -49,6 +54,46 @@ impl SyncState {
             syncing: false,
             requested: durable_end,
             has_syncer: false,
+            announced: 0,
+            waiting: 0,
+        }
+    }
+
+    /// Every appender that announced an append waits for durability now.
+    fn gathered(&self) -> bool {
+        self.waiting >= self.announced
+    }
+}
+
+/// An appender's announcement that it is about to write and wait for durability; see
+/// [`crate::Log::announce_append`]. Dropping it ends the announcement.
+#[must_use = "the announcement ends when this is dropped"]
+pub struct Announced {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Announced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announced").finish_non_exhaustive()
+    }
+}
+
+impl Announced {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.sync.lock().announced += 1;
+        Self {
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        let mut state = self.shared.sync.lock();
+        state.announced -= 1;
+        // A gathering syncer may be waiting for this appender only.
+        if !state.syncing && state.waiting > 0 && state.gathered() {
+            self.shared.sync_wanted.notify_one();
         }
     }
 }
@@ -149,6 +194,7 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
 /// fsync is under way. One fsync covers every batch written before it started.
 pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
     let mut state = shared.sync.lock();
+    let mut registered = false;
     loop {
         if state.durable_end >= end {
             return Ok(());
@@ -156,8 +202,15 @@ pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
         shared.poison.check()?;
         if state.has_syncer {
             // The syncer fsyncs back to back while anything is waiting; ask and wait.
-            if state.requested < end {
-                state.requested = end;
+            let idle = state.requested <= state.durable_end;
+            if !registered {
+                registered = true;
+                state.waiting += 1;
+            }
+            state.requested = state.requested.max(end);
+            // Wake the syncer when it sleeps for want of work, or when it gathers and
+            // everyone announced now waits; mid-fsync it looks again by itself.
+            if !state.syncing && (idle || state.gathered()) {
                 shared.sync_wanted.notify_one();
             }
             shared.synced.wait(&mut state);
@@ -283,7 +336,15 @@ fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
 /// not durable yet, back to back under load, so that the next fsync starts the moment the
 /// previous one ends and covers everything written meanwhile (group commit without a
 /// leader hand-off).
+///
+/// Before it starts an fsync, the syncer gathers: an fsync covers only what was written
+/// before it began, so while fewer appenders wait than have announced an append
+/// ([`crate::Log::announce_append`]; every `Log::append` in `Sync` mode does), it waits for
+/// the rest to write — at most `LogOptions::group_commit_gather_us`. One appender alone
+/// never waits (it is the only one announced), and an appender that announced and then
+/// does not write costs the others at most that bound once.
 pub(crate) fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
+    let gather = Duration::from_micros(shared.options.group_commit_gather_us.into());
     shared.sync.lock().has_syncer = true;
     std::thread::Builder::new()
         .name("fsdb-log-syncer".into())
@@ -299,7 +360,16 @@ pub(crate) fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
                         }
                         shared.sync_wanted.wait(&mut state);
                     }
+                    let deadline = Instant::now() + gather;
+                    while !state.gathered()
+                        && !shared.closing.load(Ordering::Acquire)
+                        && !shared
+                            .sync_wanted
+                            .wait_until(&mut state, deadline)
+                            .timed_out()
+                    {}
                     state.syncing = true;
+                    state.waiting = 0;
                 }
                 let result = sync_active(&shared);
                 let mut state = shared.sync.lock();

@@ -133,6 +133,16 @@ fn limits_are_enforced() {
         )
         .is_err()
     );
+    let err = Log::open_with(
+        Arc::new(SimVfs::new()),
+        &dir(),
+        LogOptions {
+            group_commit_gather_us: fsdb_storage::log::GROUP_COMMIT_GATHER_US_MAX + 1,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("group_commit_gather_us"), "{err}");
 }
 
 /// A batch larger than a segment gets a segment of its own and stays readable.
