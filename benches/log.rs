@@ -111,7 +111,7 @@ fn group_commit_batches(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    for threads in [1usize, 4] {
+    for threads in [1usize, 4, 8] {
         let batches = 400 / threads;
         group.throughput(Throughput::Elements((threads * batches * 1000) as u64));
         group.bench_function(

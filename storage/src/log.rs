@@ -418,9 +418,11 @@ impl Log {
         self.shared.view.read().segments[0].base
     }
 
-    /// One past the LSN of the last appended record.
+    /// One past the LSN of the last appended record. In `Sync` mode a record is appended
+    /// (it has its LSN) before it is written: it becomes readable with the fsync of its
+    /// group, before [`Log::append`] / [`Log::wait_durable`] return.
     pub fn end_lsn(&self) -> Lsn {
-        self.shared.view.read().end_lsn
+        self.shared.writer.lock().next_lsn
     }
 
     /// One past the LSN of the last record known to be durable.

@@ -1,8 +1,11 @@
 //! Appending: batch framing, rotation, group commit and poisoning.
 //!
 //! Invariants:
-//! - a batch is written with one `write_all_at`, entirely inside one segment, and only
-//!   its last frame has `batch_left == 0`;
+//! - a batch's frames are contiguous, entirely inside one segment, written with one
+//!   `write_all_at` (in `Sync` mode, together with the rest of its group, by the syncer),
+//!   and only its last frame has `batch_left == 0`;
+//! - `Writer::buf` holds the frames not written yet and ends at `Writer::offset`; the
+//!   readable view (`View::end_lsn`, `active_end`) covers exactly what was written;
 //! - `Writer::durable_offset` only grows within a segment and is always at a batch boundary
 //!   (it is captured under the writer lock, between batches);
 //! - after the first failed write or fsync nothing is written or acknowledged again.
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::format::{
     self, FRAME_HEADER_BYTES, FrameHeader, HEADER_BYTES, SegmentHeader, TRAILER_BYTES, Trailer,
 };
-use super::{Appended, LogError, Lsn, Position, Segment, SegmentState, Shared};
+use super::{Appended, Durability, LogError, Lsn, Position, Segment, SegmentState, Shared};
 use crate::io::{OpenMode, VfsFile, child};
 
 pub(crate) struct Writer {
@@ -27,7 +30,10 @@ pub(crate) struct Writer {
     pub(crate) next_lsn: Lsn,
     /// Bytes of the active segment covered by a completed fsync.
     pub(crate) durable_offset: u64,
-    /// Reused encoding buffer.
+    /// Frames encoded but not written yet, ending at `offset`. In `Sync` mode appenders only
+    /// encode here and the syncer writes the whole group with one `pwrite` right before
+    /// its fsync ([`write_pending`]); in the other modes each batch is written at once and
+    /// this is empty between batches.
     pub(crate) buf: Vec<u8>,
 }
 
@@ -142,7 +148,9 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
         if segment_full && w.offset > HEADER_BYTES as u64 {
             rotate(shared, w)?;
         }
-        w.buf.clear();
+        let deferred = options.durability == Durability::Sync;
+        debug_assert!(deferred || w.buf.is_empty());
+        let batch_start = w.buf.len();
         let first_lsn = w.next_lsn;
         let mut positions = Vec::with_capacity(payloads.len());
         let durable = u32::try_from(w.durable_offset).expect("segments are below 4 GiB");
@@ -150,7 +158,7 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
             let payload = payload.as_ref();
             positions.push(Position {
                 segment: w.base,
-                offset: w.offset + w.buf.len() as u64,
+                offset: w.offset + (w.buf.len() - batch_start) as u64,
             });
             let header = FrameHeader {
                 len: payload.len() as u32,
@@ -160,34 +168,52 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
             };
             format::encode_frame(&mut w.buf, header, payload);
         }
-        debug_assert_eq!(w.buf.len() as u64, batch_bytes);
-        if let Err(source) = w.file.write_all_at(&w.buf, w.offset) {
-            let path = child(&shared.dir, &format::segment_file_name(w.base));
-            shared
-                .poison
-                .set(format!("write to {} failed: {source}", path.display()));
-            return Err(LogError::Io {
-                op: "write",
-                path,
-                source,
-            });
-        }
+        debug_assert_eq!((w.buf.len() - batch_start) as u64, batch_bytes);
         w.offset += batch_bytes;
         w.next_lsn += payloads.len() as Lsn;
+        if !deferred {
+            write_pending(shared, w)?;
+        }
         shared.stats.appends.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
             .records
             .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        let mut view = shared.view.write();
-        view.end_lsn = w.next_lsn;
-        view.active_end = w.offset;
         Appended {
             first_lsn,
             positions,
         }
     };
     Ok(appended)
+}
+
+/// Write the frames waiting in `w.buf` (they end at `w.offset`) with one `pwrite` and make
+/// them readable. A failure poisons the writer: the frames were never acknowledged.
+fn write_pending(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
+    if w.buf.is_empty() {
+        return Ok(());
+    }
+    let at = w.offset - w.buf.len() as u64;
+    if let Err(source) = w.file.write_all_at(&w.buf, at) {
+        // Forget the unwritten frames: what was appended is again what is readable.
+        w.buf.clear();
+        w.offset = at;
+        w.next_lsn = shared.view.read().end_lsn;
+        let path = child(&shared.dir, &format::segment_file_name(w.base));
+        shared
+            .poison
+            .set(format!("write to {} failed: {source}", path.display()));
+        return Err(LogError::Io {
+            op: "write",
+            path,
+            source,
+        });
+    }
+    w.buf.clear();
+    let mut view = shared.view.write();
+    view.end_lsn = w.next_lsn;
+    view.active_end = w.offset;
+    Ok(())
 }
 
 /// Block until every LSN below `end` is durable, fsyncing as the group's leader if no
@@ -233,10 +259,12 @@ pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
     }
 }
 
-/// fsync the active segment; returns the LSN end it made durable.
+/// Write what appenders left pending, fsync the active segment; returns the LSN end it
+/// made durable.
 fn sync_active(shared: &Shared) -> Result<Lsn, LogError> {
     let (file, base, offset, end) = {
-        let w = shared.writer.lock();
+        let mut w = shared.writer.lock();
+        write_pending(shared, &mut w)?;
         (Arc::clone(&w.file), w.base, w.offset, w.next_lsn)
     };
     shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +302,7 @@ fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
             source,
         }
     };
+    write_pending(shared, w)?;
     let trailer = format::encode_trailer(Trailer {
         next_lsn: new_base,
         records_end: w.offset,

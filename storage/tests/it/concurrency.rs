@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use fsdb_storage::io::sim::SimVfs;
 use fsdb_storage::{Durability, Log, LogOptions};
+
+use crate::common::open_sim;
 
 const THREADS: usize = 16;
 const APPENDS_PER_THREAD: usize = 150;
@@ -69,15 +72,16 @@ fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
 }
 
 /// The syncer waits for every appender that announced an append before it fsyncs: four
-/// appenders writing 5 ms apart share one fsync (without the gathering each gets its own,
-/// since an fsync here takes well under 5 ms).
+/// appenders writing 5 ms apart share one fsync (without the gathering each gets its own),
+/// and their batches reach the file in one write, made by the syncer (two file operations
+/// in all; appenders that wrote for themselves would make five).
 #[test]
-fn the_syncer_gathers_announced_appenders_into_one_fsync() {
+fn the_syncer_gathers_announced_appenders_into_one_write_and_fsync() {
     const APPENDERS: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
+    let vfs = SimVfs::new();
     let log = Arc::new(
-        Log::open(
-            dir.path(),
+        open_sim(
+            &vfs,
             LogOptions {
                 durability: Durability::Sync,
                 group_commit_gather_us: fsdb_storage::log::GROUP_COMMIT_GATHER_US_MAX,
@@ -87,6 +91,7 @@ fn the_syncer_gathers_announced_appenders_into_one_fsync() {
         .unwrap(),
     );
     let fsyncs_before = log.stats().fsyncs;
+    let ops_before = vfs.ops();
     let announced = Arc::new(std::sync::Barrier::new(APPENDERS));
     let threads: Vec<_> = (0..APPENDERS)
         .map(|t| {
@@ -110,6 +115,12 @@ fn the_syncer_gathers_announced_appenders_into_one_fsync() {
         1,
         "the four appends did not share one fsync"
     );
+    assert_eq!(
+        vfs.ops() - ops_before,
+        2,
+        "the four batches were not written with one write before the fsync"
+    );
+    assert_eq!(crate::common::read_all(&log).unwrap().len(), APPENDERS);
 }
 
 /// An appender that announces and never writes holds the others back by the gathering
