@@ -187,6 +187,16 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
     Ok(appended)
 }
 
+/// Poison the writer after a failed `op` on the segment based at `base`; returns the error
+/// the caller reports.
+fn poison(shared: &Shared, op: &'static str, base: Lsn, source: std::io::Error) -> LogError {
+    let path = child(&shared.dir, &format::segment_file_name(base));
+    shared
+        .poison
+        .set(format!("{op} of {} failed: {source}", path.display()));
+    LogError::Io { op, path, source }
+}
+
 /// Write the frames waiting in `w.buf` (they end at `w.offset`) with one `pwrite` and make
 /// them readable. A failure poisons the writer: the frames were never acknowledged.
 fn write_pending(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
@@ -199,15 +209,7 @@ fn write_pending(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
         w.buf.clear();
         w.offset = at;
         w.next_lsn = shared.view.read().end_lsn;
-        let path = child(&shared.dir, &format::segment_file_name(w.base));
-        shared
-            .poison
-            .set(format!("write to {} failed: {source}", path.display()));
-        return Err(LogError::Io {
-            op: "write",
-            path,
-            source,
-        });
+        return Err(poison(shared, "write", w.base, source));
     }
     w.buf.clear();
     let mut view = shared.view.write();
@@ -269,15 +271,7 @@ fn sync_active(shared: &Shared) -> Result<Lsn, LogError> {
     };
     shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
     if let Err(source) = file.sync_data() {
-        let path = child(&shared.dir, &format::segment_file_name(base));
-        shared
-            .poison
-            .set(format!("fsync of {} failed: {source}", path.display()));
-        return Err(LogError::Io {
-            op: "fsync",
-            path,
-            source,
-        });
+        return Err(poison(shared, "fsync", base, source));
     }
     let mut w = shared.writer.lock();
     if w.base == base {
