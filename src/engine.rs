@@ -41,12 +41,14 @@ use crate::value::{FieldType, Value};
 pub(crate) mod chunk;
 pub(crate) mod entity;
 pub(crate) mod feature;
+pub(crate) mod ids;
 pub(crate) mod materialize;
 pub(crate) mod page;
 pub(crate) mod strings;
 
 use entity::EntityRun;
 use feature::CompiledFeature;
+use ids::IdSet;
 use strings::StringTable;
 
 /// How to open a database. Every limit is named with its unit.
@@ -125,6 +127,10 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Batch feature values computed by the materialiser, in total.
     pub materialized: u64,
+    /// Accepted event ids held for deduplication (all of them, outside the budget).
+    pub event_ids: usize,
+    /// Approximate bytes of those ids.
+    pub event_ids_bytes: usize,
 }
 
 /// The writer's state, for health checks.
@@ -394,7 +400,7 @@ pub(crate) struct Inner {
     pub(crate) state: StateStore,
     pub(crate) registry: RwLock<Registry>,
     /// Hashes of accepted event ids; the lock also orders dedup decisions with log writes.
-    ingest: Mutex<FxHashSet<u128>>,
+    ingest: Mutex<IdSet>,
     applied: AppliedTracker,
     /// Entities with events not yet in the state store.
     dirty: Mutex<Vec<Dirty>>,
@@ -989,6 +995,7 @@ impl Db {
     /// How much of the entities' events is in memory.
     pub fn cache_stats(&self) -> CacheStats {
         let streams = self.inner.registry.read().streams.clone();
+        let ids = self.inner.ingest.lock();
         CacheStats {
             entities_in_memory: streams
                 .iter()
@@ -997,6 +1004,8 @@ impl Db {
             bytes_held: streams.iter().map(|s| s.held_bytes()).sum(),
             evicted: self.inner.evicted.load(Ordering::Relaxed),
             materialized: self.inner.materialized.load(Ordering::Relaxed),
+            event_ids: ids.len(),
+            event_ids_bytes: ids.heap_bytes(),
         }
     }
 
@@ -1101,7 +1110,7 @@ struct StateHeader {
     catalog: Catalog,
     catalog_lsn: Lsn,
     /// Accepted event ids (hashes).
-    ids: FxHashSet<u128>,
+    ids: IdSet,
     next_id_chunk: u64,
 }
 
@@ -1137,7 +1146,7 @@ impl StateHeader {
             }
             None => 0,
         };
-        let mut ids = FxHashSet::default();
+        let mut ids = Vec::new();
         let mut next_id_chunk = 0;
         for item in state.scan_prefix(Table::Dedup, &[]) {
             let (key, value) = item?;
@@ -1148,7 +1157,7 @@ impl StateHeader {
             applied_lsn,
             catalog,
             catalog_lsn,
-            ids,
+            ids: IdSet::from_ids(ids),
             next_id_chunk,
         };
         Ok((state, header))
@@ -1307,7 +1316,7 @@ impl Inner {
             let mut ids = self.ingest.lock();
             let mut batch_ids = FxHashSet::default();
             let accepted: Vec<usize> = (0..events.len())
-                .filter(|&i| hashes[i].is_none_or(|h| !ids.contains(&h) && batch_ids.insert(h)))
+                .filter(|&i| hashes[i].is_none_or(|h| !ids.contains(h) && batch_ids.insert(h)))
                 .collect();
             if accepted.is_empty() {
                 let end = self.log.end_lsn();
@@ -1517,6 +1526,9 @@ impl Inner {
                 let hash = id.map(|id| dedup_hash(*stream, id));
                 self.apply_event(state, *lsn, entity, *time_ms, hash, values, &mut applied)?;
             }
+            // Here rather than after the join: one worker adds its ids while the other
+            // may still be applying.
+            self.ingest.lock().extend(applied.ids.iter().copied());
             Ok(applied)
         };
         let (first, second) = std::thread::scope(|scope| {
@@ -1525,7 +1537,6 @@ impl Inner {
             (mine, other.join().expect("replay worker panicked"))
         });
         for applied in [first?, second?] {
-            self.ingest.lock().extend(applied.ids.iter().copied());
             self.hand_over(applied);
         }
         Ok(())

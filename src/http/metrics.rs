@@ -195,6 +195,16 @@ impl Metrics {
                 cache.bytes_held as f64,
             ),
             (
+                "fsdb_event_ids",
+                "Accepted event ids held in memory for deduplication.",
+                cache.event_ids as f64,
+            ),
+            (
+                "fsdb_event_ids_bytes",
+                "Approximate bytes of the event ids held for deduplication.",
+                cache.event_ids_bytes as f64,
+            ),
+            (
                 "fsdb_writer_poisoned",
                 "1 if writes are refused until a restart.",
                 f64::from(u8::from(health.poisoned.is_some())),

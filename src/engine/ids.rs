@@ -1,0 +1,327 @@
+//! The set of accepted event ids (their 128-bit hashes), kept compact.
+//!
+//! Every accepted id stays in memory for the life of the database (deduplication is exact
+//! over the whole history), so its cost per id matters: a general hash table of `u128`
+//! costs 17 bytes per slot at most 7/8 full and doubles when full (27 bytes per id at
+//! 7.7M ids, the reference workload at scale M). This set is an *ordered* linear-probing
+//! table (Amble & Knuth, 1974), ~20 bytes per id:
+//!
+//! - ids are split into [`SHARDS`] shards by their top bits (hashes are uniform), and each
+//!   shard grows on its own, by [`GROWTH`] rather than doubling, at most [`LOAD_MAX`] full:
+//!   memory follows the number of ids closely, and a growth rebuilds one shard only;
+//! - a shard is one array of slots (0: empty). An id's home slot is its low 64 bits scaled
+//!   to the table, and the occupied slots are sorted: a lookup starts at the home slot and
+//!   stops at the first empty slot or larger id — about two slots at the loads kept, one
+//!   cache miss — and an insertion shifts the run after its place by one slot.
+//!
+//! Ids are stored rotated by 64 bits so that plain `u128` order is (home slot, id) order.
+//! Invariants (checked by `Shard::check` in the tests): the occupied slots are strictly
+//! increasing, each id sits at or after its home slot with no empty slot in between, and
+//! every id is in the shard its top bits name. The id 0 (rotated: 0, the empty mark) is
+//! kept aside in a flag.
+
+use std::cmp::Ordering;
+
+/// log2 of the number of shards.
+const SHARD_BITS: u32 = 8;
+/// Shards, by the top [`SHARD_BITS`] bits of the hash.
+pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
+/// A shard grows once more than this fraction of its home slots hold ids.
+const LOAD_MAX: f64 = 0.9;
+/// ...to this many times as many home slots.
+const GROWTH: f64 = 1.2;
+/// A set built at once (on open) is this full: room to grow before the first rebuild.
+const LOAD_AT_BUILD: f64 = 0.8;
+/// Home slots of a shard's first table.
+const HOME_SLOTS_MIN: usize = 16;
+
+/// The accepted id hashes. See the module documentation.
+pub(crate) struct IdSet {
+    shards: Box<[Shard]>,
+    has_zero: bool,
+    len: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// `home_slots` home slots, then room for runs that spill past the last one (an
+    /// insertion that would need more grows the shard). Rotated ids; 0 is empty.
+    slots: Vec<u128>,
+    home_slots: usize,
+    len: usize,
+}
+
+fn shard_of(id: u128) -> usize {
+    (id >> (128 - SHARD_BITS)) as usize
+}
+
+/// Room after the home slots for the end of the last run.
+fn spill_slots(home_slots: usize) -> usize {
+    8 + home_slots / 32
+}
+
+impl Default for IdSet {
+    fn default() -> IdSet {
+        IdSet {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            has_zero: false,
+            len: 0,
+        }
+    }
+}
+
+impl IdSet {
+    /// A set of the given ids (in any order, repeats allowed), each shard sized once.
+    pub(crate) fn from_ids(mut ids: Vec<u128>) -> IdSet {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut set = IdSet::default();
+        if ids.first() == Some(&0) {
+            set.has_zero = true;
+            set.len = 1;
+            ids.remove(0);
+        }
+        // Sorted ids are grouped by shard, in shard order.
+        let mut rest = ids.as_slice();
+        for (index, shard) in set.shards.iter_mut().enumerate() {
+            let end = rest.partition_point(|&id| shard_of(id) == index);
+            let mut rotated: Vec<u128> = rest[..end].iter().map(|id| id.rotate_left(64)).collect();
+            rotated.sort_unstable();
+            let home_slots = ((rotated.len() as f64 / LOAD_AT_BUILD) as usize).max(HOME_SLOTS_MIN);
+            *shard = Shard::build(&rotated, home_slots);
+            set.len += rotated.len();
+            rest = &rest[end..];
+        }
+        debug_assert!(rest.is_empty());
+        set
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn contains(&self, id: u128) -> bool {
+        if id == 0 {
+            return self.has_zero;
+        }
+        self.shards[shard_of(id)].contains(id.rotate_left(64))
+    }
+
+    /// Add an id; `false` if it was already present.
+    pub(crate) fn insert(&mut self, id: u128) -> bool {
+        let added = if id == 0 {
+            !std::mem::replace(&mut self.has_zero, true)
+        } else {
+            self.shards[shard_of(id)].insert(id.rotate_left(64))
+        };
+        self.len += usize::from(added);
+        added
+    }
+
+    /// Approximate heap bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.slots.capacity() * 16).sum()
+    }
+}
+
+impl Extend<u128> for IdSet {
+    fn extend<I: IntoIterator<Item = u128>>(&mut self, ids: I) {
+        for id in ids {
+            self.insert(id);
+        }
+    }
+}
+
+impl Shard {
+    /// A table with `home_slots` home slots holding `rotated` (sorted, distinct, nonzero),
+    /// each at its home slot or right after the previous one. `None` if they spill past
+    /// the end.
+    fn try_build(rotated: &[u128], home_slots: usize) -> Option<Shard> {
+        let mut slots = vec![0u128; home_slots + spill_slots(home_slots)];
+        let mut next = 0;
+        for &r in rotated {
+            let at = home(r, home_slots).max(next);
+            *slots.get_mut(at)? = r;
+            next = at + 1;
+        }
+        Some(Shard {
+            slots,
+            home_slots,
+            len: rotated.len(),
+        })
+    }
+
+    fn build(rotated: &[u128], mut home_slots: usize) -> Shard {
+        loop {
+            if let Some(shard) = Shard::try_build(rotated, home_slots) {
+                return shard;
+            }
+            home_slots = (home_slots as f64 * GROWTH) as usize + 1;
+        }
+    }
+
+    fn contains(&self, rotated: u128) -> bool {
+        let start = home(rotated, self.home_slots);
+        for &slot in &self.slots[start..] {
+            match slot.cmp(&rotated) {
+                Ordering::Less if slot != 0 => continue,
+                Ordering::Equal => return true,
+                _ => return false, // empty, or past where it would be
+            }
+        }
+        false
+    }
+
+    fn insert(&mut self, rotated: u128) -> bool {
+        let start = home(rotated, self.home_slots);
+        let mut at = start.min(self.slots.len());
+        while at < self.slots.len() && self.slots[at] != 0 && self.slots[at] < rotated {
+            at += 1;
+        }
+        if at < self.slots.len() && self.slots[at] == rotated {
+            return false;
+        }
+        let empty = self.slots[at..]
+            .iter()
+            .position(|&s| s == 0)
+            .map(|i| at + i);
+        let grow_now = (self.len + 1) as f64 > self.home_slots as f64 * LOAD_MAX;
+        match empty {
+            Some(empty) if !grow_now => {
+                self.slots.copy_within(at..empty, at + 1);
+                self.slots[at] = rotated;
+                self.len += 1;
+            }
+            _ => {
+                // Full enough, or the run would spill past the end: rebuild larger.
+                let mut all: Vec<u128> = self.slots.iter().copied().filter(|&s| s != 0).collect();
+                let place = all.partition_point(|&s| s < rotated);
+                all.insert(place, rotated);
+                let home_slots = ((self.home_slots as f64 * GROWTH) as usize).max(HOME_SLOTS_MIN);
+                *self = Shard::build(&all, home_slots);
+            }
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn check(&self, index: usize) {
+        let occupied: Vec<(usize, u128)> = (self.slots.iter().copied().enumerate())
+            .filter(|&(_, s)| s != 0)
+            .collect();
+        assert_eq!(occupied.len(), self.len);
+        assert!(
+            occupied.windows(2).all(|w| w[0].1 < w[1].1),
+            "sorted, distinct"
+        );
+        for &(at, r) in &occupied {
+            assert_eq!(shard_of(r.rotate_right(64)), index, "in its shard");
+            let from = home(r, self.home_slots);
+            assert!(from <= at, "at or after its home slot");
+            assert!(
+                self.slots[from..at].iter().all(|&s| s != 0),
+                "no gap before it"
+            );
+        }
+        assert!(self.len as f64 <= self.home_slots as f64 * LOAD_MAX || self.len == 0);
+    }
+}
+
+/// The home slot of a rotated id: its top 64 bits (the id's low 64) scaled to the table.
+fn home(rotated: u128, home_slots: usize) -> usize {
+    (((rotated >> 64) * home_slots as u128) >> 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustc_hash::FxHashSet;
+
+    /// A deterministic stream of well-mixed 128-bit values (splitmix64, twice).
+    fn ids(seed: u64, n: usize) -> Vec<u128> {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        (0..n)
+            .map(|_| (u128::from(next()) << 64) | u128::from(next()))
+            .collect()
+    }
+
+    fn check(set: &IdSet) {
+        for (index, shard) in set.shards.iter().enumerate() {
+            shard.check(index);
+        }
+        let held: usize = set.shards.iter().map(|s| s.len).sum();
+        assert_eq!(held + usize::from(set.has_zero), set.len());
+    }
+
+    #[test]
+    fn inserts_and_lookups_agree_with_a_hash_set_through_many_growths() {
+        let mut set = IdSet::default();
+        let mut model = FxHashSet::default();
+        // 200k ids, each offered twice (the second time a duplicate), in two orders; plus
+        // ids that share a shard and bucket prefix with present ones.
+        let fresh = ids(7, 200_000);
+        for (round, chunk) in fresh.chunks(10_000).enumerate() {
+            for &id in chunk {
+                assert_eq!(set.insert(id), model.insert(id));
+            }
+            for &id in chunk.iter().rev() {
+                assert!(!set.insert(id), "a repeat is refused");
+            }
+            let near: Vec<u128> = chunk.iter().map(|id| id ^ 1).collect();
+            for &id in &near {
+                assert_eq!(set.contains(id), model.contains(&id));
+            }
+            if round % 5 == 0 {
+                check(&set);
+            }
+        }
+        check(&set);
+        assert_eq!(set.len(), model.len());
+        for &id in ids(8, 50_000).iter().chain(&fresh) {
+            assert_eq!(set.contains(id), model.contains(&id));
+        }
+        // Extremes of the hash space land in the first and last shard and bucket.
+        for id in [0, 1, u128::MAX, u128::MAX - 1, 1 << 120] {
+            assert!(!set.contains(id));
+            assert!(set.insert(id));
+            assert!(set.contains(id));
+        }
+        check(&set);
+    }
+
+    #[test]
+    fn a_set_built_at_once_equals_one_built_by_inserts() {
+        let mut all = ids(11, 100_000);
+        all.extend_from_within(..1000); // repeats
+        let built = IdSet::from_ids(all.clone());
+        check(&built);
+        assert_eq!(built.len(), 100_000);
+        let mut inserted = IdSet::default();
+        inserted.extend(all.iter().copied());
+        for &id in all.iter().chain(&ids(12, 10_000)) {
+            assert_eq!(built.contains(id), inserted.contains(id));
+        }
+        assert!(IdSet::from_ids(Vec::new()).len() == 0);
+    }
+
+    #[test]
+    fn memory_per_id_is_well_below_a_hash_table() {
+        let set = IdSet::from_ids(ids(3, 1 << 20));
+        let per_id = set.heap_bytes() as f64 / set.len() as f64;
+        assert!(per_id < 21.0, "{per_id} bytes per id");
+        let mut grown = IdSet::default();
+        grown.extend(ids(3, 1 << 20));
+        let per_id = grown.heap_bytes() as f64 / grown.len() as f64;
+        assert!(
+            per_id < 23.0,
+            "{per_id} bytes per id after growing by inserts"
+        );
+    }
+}
