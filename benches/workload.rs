@@ -21,8 +21,7 @@ use fsdb::time::ManualClock;
 use fsdb::workload::{self, Stream, WorkloadSpec};
 use fsdb::{Db, Durability, Event, Options, Value};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+fsdb::use_jemalloc!();
 
 /// Concurrent appenders: group commit lets them share fsyncs.
 const APPENDERS: usize = 4;
@@ -129,17 +128,10 @@ impl RssSampler {
     }
 }
 
-/// Ask the allocator to give the pages it holds free back to the operating system.
+/// Let the allocator give freed pages back to the operating system: jemalloc, as our
+/// programs configure it (`fsdb::allocator::JEMALLOC_CONF`), does so within a second.
 fn return_freed_memory() {
-    #[expect(
-        unsafe_code,
-        reason = "an FFI call into the allocator, with no arguments to get wrong"
-    )]
-    // SAFETY: `mi_collect` only walks the calling thread's heap and the allocator's free
-    // lists; it takes no pointers and may be called at any time.
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 fn peak_rss_mib() -> f64 {
@@ -267,9 +259,8 @@ fn main() {
     db.apply(&definitions(freshness.as_deref())).unwrap();
     let (accepted, took) = ingest(&db, &batches);
     // Until the allocator has returned the input's pages, the sampler still subtracts
-    // them (and the figure errs high rather than low). mimalloc keeps freed pages for
-    // reuse; without asking it, the 2.2 GiB input at M can stay resident and be counted as
-    // the database's (seen: a 2.7 GiB "database" peak).
+    // them (and the figure errs high rather than low); without waiting for it, the 2.2 GiB
+    // input at M could be counted as the database's (seen once: a 2.7 GiB "database").
     drop(batches);
     return_freed_memory();
     rss.input_bytes.store(0, Ordering::Relaxed);
@@ -290,7 +281,7 @@ fn main() {
         fsdb_rate / peer_rate
     );
     db.checkpoint().unwrap();
-    let mut phases = vec![("ingest", rss_bytes())];
+    let mut phases = vec![("ingest", rss_bytes(), db.cache_stats())];
     if freshness.as_deref() == Some("none") {
         print_rss(&rss, input_bytes);
         return;
@@ -315,7 +306,7 @@ fn main() {
         },
         50_000,
     );
-    phases.push(("latest", rss_bytes()));
+    phases.push(("latest", rss_bytes(), db.cache_stats()));
     rss.begin(Some("as_of"));
     println!(
         "latest, 12 features: p50 {:.1} µs, p99 {:.1} µs",
@@ -341,7 +332,7 @@ fn main() {
         },
         50_000,
     );
-    phases.push(("as_of", rss_bytes()));
+    phases.push(("as_of", rss_bytes(), db.cache_stats()));
     rss.begin(Some("latest under ingest"));
     println!(
         "as_of, 12 features: p50 {:.1} µs, p99 {:.1} µs",
@@ -379,7 +370,7 @@ fn main() {
             reads.push(start.elapsed());
         }
     }
-    phases.push(("latest under ingest", rss_bytes()));
+    phases.push(("latest under ingest", rss_bytes(), db.cache_stats()));
     rss.begin(Some("hot entity"));
     reads.sort_unstable();
     println!(
@@ -427,7 +418,7 @@ fn main() {
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6
     );
-    phases.push(("hot entity", rss_bytes()));
+    phases.push(("hot entity", rss_bytes(), db.cache_stats()));
     // The digests that check the replay hold every id of the log at once: verification,
     // not the workload, so not sampled.
     rss.begin(None);
@@ -443,7 +434,7 @@ fn main() {
     let start = Instant::now();
     let replayed = Db::open(&replay_dir, options(&clock)).unwrap();
     let took = start.elapsed();
-    phases.push(("replay", rss_bytes()));
+    phases.push(("replay", rss_bytes(), replayed.cache_stats()));
     rss.begin(None);
     let records = replayed.open_report().replayed;
     println!(
@@ -459,9 +450,23 @@ fn main() {
     print_rss(&rss, input_bytes);
     let phases: Vec<String> = phases
         .iter()
-        .map(|(phase, bytes)| format!("{phase} {:.0}", *bytes as f64 / (1 << 20) as f64))
+        .map(|(phase, bytes, cache)| {
+            format!(
+                "{phase} {:.0} (entities {:.0}, ids {:.0})",
+                mib(*bytes as usize),
+                mib(cache.bytes_held),
+                mib(cache.event_ids_bytes)
+            )
+        })
         .collect();
-    println!("RSS after each phase (MiB): {}", phases.join(", "));
+    println!(
+        "RSS after each phase, MiB (of which the entity cache's estimate, and the event ids): {}",
+        phases.join(", ")
+    );
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn print_rss(rss: &RssSampler, input_bytes: u64) {

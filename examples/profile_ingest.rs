@@ -6,8 +6,7 @@ use std::time::Instant;
 use fsdb::workload::{self, Stream, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+fsdb::use_jemalloc!();
 
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod agg;
+pub mod allocator;
 mod arrow_cell;
 pub mod catalog;
 pub mod cli;

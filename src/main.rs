@@ -1,7 +1,6 @@
 //! The `fsdb` command-line tool; see `fsdb --help` and README.md.
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+fsdb::use_jemalloc!();
 
 fn main() -> std::process::ExitCode {
     fsdb::cli::main()
