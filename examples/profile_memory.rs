@@ -1,0 +1,97 @@
+//! Where the memory of a database goes, phase by phase (scale M unless FSDB_SCALE says
+//! otherwise): the process RSS next to the engine's own estimates (entity cache, event
+//! ids), through ingest (NoSync), Zipf `latest` reads, and `latest` under ingest as in
+//! `benches/workload.rs` — without the benchmark's pre-generated input in memory.
+use std::sync::Arc;
+
+use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::{Db, Durability, Event, Options, Value};
+
+fsdb::use_jemalloc!();
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn report(db: &Db, phase: &str) {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let cache = db.cache_stats();
+    println!(
+        "{phase:>22}: RSS {:.0} MiB; entity cache (estimate) {:.0} MiB, {} entities; event ids {:.0} MiB",
+        mib(pages * 4096),
+        mib(cache.bytes_held),
+        cache.entities_in_memory,
+        mib(cache.event_ids_bytes)
+    );
+}
+
+fn main() {
+    let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("M".into())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(fsdb::time::ManualClock::new(spec.end_ms()));
+    let options = Options {
+        durability: Durability::NoSync,
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    db.apply(workload::DEFINITIONS).unwrap();
+    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
+    for (stream, event) in spec.generator() {
+        let (name, batch) = match stream {
+            Stream::Transactions => ("transactions", &mut tx),
+            Stream::Clicks => ("clicks", &mut clicks),
+        };
+        batch.push(event);
+        if batch.len() == 1000 {
+            db.append(name, batch).unwrap();
+            batch.clear();
+        }
+    }
+    db.checkpoint().unwrap();
+    report(&db, "after ingest");
+    let mut rng = workload::Rng::new(5);
+    let zipf = workload::Zipf::new(spec.entities, 1.0);
+    let features = workload::FEATURES;
+    for i in 0..50_000 {
+        let e = workload::Generator::customer(zipf.sample(&mut rng));
+        db.latest(&e, &features).unwrap();
+        if i % 10_000 == 9_999 {
+            report(&db, &format!("latest {}", i + 1));
+        }
+    }
+    let now = spec.end_ms() / 3_600_000 * 3_600_000 + 1_800_000;
+    clock.set(now);
+    db.materialize().unwrap();
+    report(&db, "materialize");
+    for round in 0..200i64 {
+        let events: Vec<Event> = (0..1000i64)
+            .map(|i| Event {
+                entity: workload::Generator::customer(zipf.sample(&mut rng)),
+                time_ms: now - 1_000_000 + round * 1000 + i,
+                id: Some(format!("live{round}-{i}")),
+                values: vec![
+                    Value::Float((i % 300) as f64),
+                    Value::Bool(true),
+                    Value::String("Lyon".into()),
+                    Value::String(format!("m{}", i % 40)),
+                ],
+            })
+            .collect();
+        db.append("transactions", &events).unwrap();
+        for _ in 0..200 {
+            let entity = workload::Generator::customer(zipf.sample(&mut rng));
+            db.latest(&entity, &features).unwrap();
+        }
+        if round % 50 == 49 {
+            report(&db, &format!("under ingest {}", round + 1));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    report(&db, "after a checkpoint");
+}
