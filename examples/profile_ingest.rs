@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
@@ -24,18 +24,7 @@ fn main() {
     db.apply(workload::DEFINITIONS).unwrap();
     let events: Vec<_> = spec.generator().collect();
     let start = Instant::now();
-    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
-    for (stream, event) in events {
-        let (name, batch) = match stream {
-            Stream::Transactions => ("transactions", &mut tx),
-            Stream::Clicks => ("clicks", &mut clicks),
-        };
-        batch.push(event);
-        if batch.len() == 1000 {
-            db.append(name, batch).unwrap();
-            batch.clear();
-        }
-    }
+    workload::append_events(&db, events, 1000).unwrap();
     println!("ingest: {:.2}s", start.elapsed().as_secs_f64());
     let start = Instant::now();
     db.close().unwrap();

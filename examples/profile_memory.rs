@@ -4,7 +4,7 @@
 //! `benches/workload.rs` — without the benchmark's pre-generated input in memory.
 use std::sync::Arc;
 
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Event, Options, Value};
 
 fsdb::use_jemalloc!();
@@ -41,18 +41,7 @@ fn main() {
     };
     let db = Db::open(dir.path(), options).unwrap();
     db.apply(workload::DEFINITIONS).unwrap();
-    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
-    for (stream, event) in spec.generator() {
-        let (name, batch) = match stream {
-            Stream::Transactions => ("transactions", &mut tx),
-            Stream::Clicks => ("clicks", &mut clicks),
-        };
-        batch.push(event);
-        if batch.len() == 1000 {
-            db.append(name, batch).unwrap();
-            batch.clear();
-        }
-    }
+    workload::append_all(&db, &spec, 1000).unwrap();
     db.checkpoint().unwrap();
     report(&db, "after ingest");
     let mut rng = workload::Rng::new(5);

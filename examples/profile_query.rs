@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
@@ -19,18 +19,7 @@ fn main() {
     };
     let db = Db::open(dir.path(), options).unwrap();
     db.apply(workload::DEFINITIONS).unwrap();
-    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
-    for (stream, event) in spec.generator() {
-        let (name, batch) = match stream {
-            Stream::Transactions => ("transactions", &mut tx),
-            Stream::Clicks => ("clicks", &mut clicks),
-        };
-        batch.push(event);
-        if batch.len() == 1000 {
-            db.append(name, batch).unwrap();
-            batch.clear();
-        }
-    }
+    workload::append_all(&db, &spec, 1000).unwrap();
     db.checkpoint().unwrap();
     let mut rng = workload::Rng::new(5);
     let zipf = workload::Zipf::new(spec.entities, 1.0);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
@@ -21,18 +21,7 @@ fn main() {
     };
     let db = Db::open(dir.path(), options).unwrap();
     db.apply(workload::DEFINITIONS).unwrap();
-    let (mut tx, mut clicks) = (Vec::new(), Vec::new());
-    for (stream, event) in spec.generator() {
-        let (name, batch) = match stream {
-            Stream::Transactions => ("transactions", &mut tx),
-            Stream::Clicks => ("clicks", &mut clicks),
-        };
-        batch.push(event);
-        if batch.len() == 1000 {
-            db.append(name, batch).unwrap();
-            batch.clear();
-        }
-    }
+    workload::append_all(&db, &spec, 1000).unwrap();
     db.checkpoint().unwrap();
     let spine = workload::spine(&spec, rows, 11);
     let features = workload::FEATURES;

@@ -377,6 +377,41 @@ impl Iterator for Generator {
 }
 
 /// The JSON object of a generated event, as a user would send it.
+/// Append the events of `spec` to `db` (which has [`DEFINITIONS`]) in batches of up to
+/// `batch_len` per stream, in generation order; the last, partial batches too.
+pub fn append_all(db: &crate::Db, spec: &WorkloadSpec, batch_len: usize) -> crate::Result<()> {
+    append_events(db, spec.generator(), batch_len)
+}
+
+/// [`append_all`] for events already generated (or any `(stream, event)` sequence).
+pub fn append_events(
+    db: &crate::Db,
+    events: impl IntoIterator<Item = (Stream, Event)>,
+    batch_len: usize,
+) -> crate::Result<()> {
+    let (mut transactions, mut clicks) = (Vec::new(), Vec::new());
+    for (stream, event) in events {
+        let batch = match stream {
+            Stream::Transactions => &mut transactions,
+            Stream::Clicks => &mut clicks,
+        };
+        batch.push(event);
+        if batch.len() >= batch_len {
+            db.append(stream.name(), batch)?;
+            batch.clear();
+        }
+    }
+    for (stream, batch) in [
+        (Stream::Transactions, transactions),
+        (Stream::Clicks, clicks),
+    ] {
+        if !batch.is_empty() {
+            db.append(stream.name(), &batch)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn event_json(stream: Stream, event: &Event) -> serde_json::Value {
     match stream {
         Stream::Transactions => serde_json::json!({
