@@ -1,7 +1,8 @@
 //! The memory allocator of fsdb's own programs (the `fsdb` binary, benchmarks, profiles).
 //!
-//! The library does not choose an allocator: a program embedding fsdb keeps its own. Our
-//! programs use jemalloc for **every** allocation of the process, RocksDB's C++ included
+//! With the default `jemalloc` feature, linking fsdb makes jemalloc the process's `malloc`
+//! (C and C++ code included); a program embedding fsdb that wants its own allocator turns
+//! the feature off, and `use_jemalloc!()` then does nothing. Our programs use jemalloc for **every** allocation of the process, RocksDB's C++ included
 //! (tikv-jemalloc-sys's `unprefixed_malloc_on_supported_platforms` makes it `malloc`),
 //! configured to give freed memory back to the OS within about a second. Measured at scale
 //! M with `examples/profile_memory.rs` (docs/benchmarks.md): with mimalloc for Rust and
@@ -21,6 +22,7 @@
 pub const JEMALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Make jemalloc, configured by [`JEMALLOC_CONF`], the allocator of this program.
+#[cfg(feature = "jemalloc")]
 #[macro_export]
 macro_rules! use_jemalloc {
     () => {
@@ -36,4 +38,12 @@ macro_rules! use_jemalloc {
     };
 }
 
+/// Without the `jemalloc` feature: the system allocator.
+#[cfg(not(feature = "jemalloc"))]
+#[macro_export]
+macro_rules! use_jemalloc {
+    () => {};
+}
+
+#[cfg(feature = "jemalloc")]
 pub use tikv_jemallocator::Jemalloc;
