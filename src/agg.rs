@@ -612,6 +612,40 @@ pub enum Acc {
     Hll(Box<Hll>),
 }
 
+impl Acc {
+    /// Approximate heap bytes owned beyond the value itself (for the entity cache's budget).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        match self {
+            Acc::Count(_) | Acc::SumInt(_) | Acc::Extreme(_) | Acc::Edge(_) => 0,
+            Acc::SumFloat(sum) => sum.heap_bytes(),
+            Acc::Moments(m) => size_of::<Moments>() + m.sum.heap_bytes() + m.sum_sq.heap_bytes(),
+            Acc::LastN(items) => items.capacity() * size_of::<Item>(),
+            Acc::Distinct(set) => {
+                size_of::<FxHashMap<u64, u32>>()
+                    + hash_table_bytes(set.capacity(), size_of::<(u64, u32)>())
+            }
+            Acc::Hll(hll) => {
+                size_of::<Hll>()
+                    + match &**hll {
+                        Hll::Sparse(hashes) => hashes.capacity() * size_of::<u64>(),
+                        Hll::Dense(_) => hll::REGISTERS,
+                    }
+            }
+        }
+    }
+}
+
+/// Heap bytes of a hashbrown table that can hold `capacity` entries of `entry` bytes: a
+/// power of two of buckets at most 7/8 full, one control byte per bucket plus one group.
+fn hash_table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two();
+    buckets * (entry + 1) + 16
+}
+
 /// A compiled aggregation: which one, over which field type, with which parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AggSpec {
@@ -750,4 +784,55 @@ impl AggSpec {
 
 fn mismatch(kind: AggKind, acc: &Acc) -> ! {
     panic!("accumulator {acc:?} does not belong to {kind:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoStrings;
+    impl Strings for NoStrings {
+        fn get(&self, _: StrId) -> &str {
+            unreachable!("ints only")
+        }
+        fn hash(&self, _: StrId) -> u64 {
+            unreachable!("ints only")
+        }
+    }
+
+    /// The cache budget relies on these estimates: they must follow what is allocated.
+    #[test]
+    fn heap_bytes_follow_what_accumulators_hold() {
+        let spec = |kind| AggSpec {
+            kind,
+            field_type: Some(FieldType::Int),
+            n: 0,
+        };
+        let item = |i: i64| Item {
+            time: i,
+            lsn: i as u64,
+            value: Scalar::Int(i),
+        };
+        let distinct = spec(AggKind::CountDistinct);
+        let mut acc = distinct.init();
+        for i in 0..1000 {
+            distinct.update(&mut acc, item(i), &NoStrings);
+        }
+        // 1,000 entries of 12 bytes, in a table at most 7/8 full: 1,024 to 2,048 buckets.
+        let bytes = acc.heap_bytes();
+        assert!((1024 * 13..=2048 * 17 + 64).contains(&bytes), "{bytes}");
+        assert_eq!(spec(AggKind::Count).init().heap_bytes(), 0);
+        let avg = AggSpec {
+            kind: AggKind::Avg,
+            field_type: Some(FieldType::Float),
+            n: 0,
+        };
+        let mut acc = avg.init();
+        let narrow = acc.heap_bytes();
+        for x in [1e300, 1e-300] {
+            let value = Scalar::Float(x);
+            avg.update(&mut acc, Item { value, ..item(1) }, &NoStrings);
+        }
+        assert!(acc.heap_bytes() > narrow, "a wide sum's limbs are counted");
+    }
 }

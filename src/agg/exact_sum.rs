@@ -57,6 +57,14 @@ fn decompose(x: f64) -> (i64, i32) {
 }
 
 impl ExactSum {
+    /// Heap bytes owned (the wide form's limbs).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Narrow { .. } => 0,
+            Repr::Wide(_) => std::mem::size_of::<[u64; WIDE_LIMBS]>(),
+        }
+    }
+
     pub const fn new() -> Self {
         ExactSum(Repr::Narrow {
             mantissa: 0,
@@ -309,6 +317,17 @@ fn scale_by_pow2(mut x: f64, mut k: i32) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn heap_bytes_count_the_wide_limbs() {
+        let mut sum = ExactSum::new();
+        sum.add(1.5);
+        assert_eq!(sum.heap_bytes(), 0, "narrow: nothing on the heap");
+        sum.add(1e300);
+        sum.add(1e-300);
+        assert!(matches!(sum.0, Repr::Wide(_)));
+        assert_eq!(sum.heap_bytes(), 8 * WIDE_LIMBS);
+    }
 
     /// Shewchuk's algorithm (Python's `math.fsum`): a correctly rounded sum by a different
     /// method, as the reference.

@@ -10,7 +10,7 @@
 
 /// log2 of the register count.
 pub const PRECISION: u32 = 14;
-const REGISTERS: usize = 1 << PRECISION;
+pub(crate) const REGISTERS: usize = 1 << PRECISION;
 /// Bits of the hash left after the register index.
 const Q: u32 = 64 - PRECISION;
 /// Up to this many distinct hashes are kept exactly (8 bytes each, below the 16 KiB of a

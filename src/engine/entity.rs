@@ -419,17 +419,7 @@ impl Node {
 
 /// Approximate heap bytes of an accumulator.
 fn acc_bytes(acc: &Acc) -> usize {
-    std::mem::size_of::<Acc>()
-        + match acc {
-            Acc::Distinct(set) => set.capacity() * 16,
-            Acc::Hll(hll) => match &**hll {
-                crate::agg::hll::Hll::Sparse(hashes) => hashes.capacity() * 8,
-                crate::agg::hll::Hll::Dense(_) => 1 << crate::agg::hll::PRECISION,
-            },
-            Acc::LastN(items) => items.capacity() * std::mem::size_of::<crate::agg::Item>(),
-            Acc::Moments(_) => 96,
-            _ => 0,
-        }
+    std::mem::size_of::<Acc>() + acc.heap_bytes()
 }
 
 fn fold_rows(
