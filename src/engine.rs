@@ -131,6 +131,9 @@ pub struct CacheStats {
     pub event_ids: usize,
     /// Approximate bytes of those ids.
     pub event_ids_bytes: usize,
+    /// Approximate bytes of memory the state store (RocksDB) holds: memtables, index and
+    /// filter blocks, block cache.
+    pub state_store_bytes: u64,
 }
 
 /// The writer's state, for health checks.
@@ -556,6 +559,18 @@ impl StreamState {
             state.touched = true;
             state
         })
+    }
+
+    /// Drop the entity's state from memory if it is partial, holds no unpersisted event
+    /// and nobody else holds it (as `evict` decides, under the shard's write lock).
+    fn forget_spent_partial(&self, name: &str) {
+        let mut map = self.shard(name).write();
+        let spent = map.get(name).is_some_and(|slot| {
+            droppable(slot).is_some_and(|guard| guard.as_ref().is_some_and(|s| !s.history_loaded))
+        });
+        if spent {
+            map.remove(name);
+        }
     }
 
     /// Bytes of the entities in memory (those locked right now are not counted).
@@ -1006,6 +1021,7 @@ impl Db {
             materialized: self.inner.materialized.load(Ordering::Relaxed),
             event_ids: ids.len(),
             event_ids_bytes: ids.heap_bytes(),
+            state_store_bytes: self.inner.state.memory_bytes(),
         }
     }
 
@@ -1628,17 +1644,27 @@ impl Inner {
                 // An entity that received events while this checkpoint ran stays dirty (its
                 // appends saw `unpersisted` non-empty and did not list it again).
                 let mut still_dirty = Vec::new();
+                let mut spent = Vec::new();
                 for (entity, keys) in written {
                     let mut guard = entity.slot.lock();
                     let state = guard.as_mut().expect("dirty entities are in memory");
                     state.unpersisted.remove_rows(&keys);
                     let left = state.unpersisted.len() > 0;
+                    let partial = !state.history_loaded;
                     drop(guard);
                     if left {
                         still_dirty.push(entity);
+                    } else if partial {
+                        spent.push((entity.stream, entity.name));
                     }
                 }
                 self.dirty.lock().extend(still_dirty);
+                // A partial state exists to hold unpersisted events: with none left it holds
+                // nothing (an entity not in memory is the same), so it leaves memory now
+                // rather than at the next eviction pass.
+                for (stream, name) in spent {
+                    stream.forget_spent_partial(&name);
+                }
                 Ok(())
             }
             Err(e) => {

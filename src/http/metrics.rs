@@ -205,6 +205,11 @@ impl Metrics {
                 cache.event_ids_bytes as f64,
             ),
             (
+                "fsdb_state_store_memory_bytes",
+                "Approximate bytes of memory the state store (RocksDB) holds.",
+                cache.state_store_bytes as f64,
+            ),
+            (
                 "fsdb_writer_poisoned",
                 "1 if writes are refused until a restart.",
                 f64::from(u8::from(health.poisoned.is_some())),

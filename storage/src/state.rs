@@ -78,14 +78,18 @@ pub enum StateError {
 /// Sizes of RocksDB's memory, named with units.
 #[derive(Clone, Debug)]
 pub struct StateOptions {
+    /// RocksDB's cache of (uncompressed) blocks. Small by default: the engine keeps the
+    /// entities it reads decoded in its own cache, and the OS page cache keeps the files,
+    /// so this would be a third copy of the same rows.
     pub block_cache_bytes: usize,
+    /// Memtable size per table.
     pub write_buffer_bytes: usize,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
         Self {
-            block_cache_bytes: 64 << 20,
+            block_cache_bytes: 16 << 20,
             write_buffer_bytes: 32 << 20,
         }
     }
@@ -310,6 +314,27 @@ impl StateStore {
                 .map_err(|e| self.rocks(e))?;
         }
         Ok(())
+    }
+
+    /// Approximate bytes of memory RocksDB holds: memtables, table readers (index and
+    /// filter blocks, kept outside the block cache) and the block cache.
+    pub fn memory_bytes(&self) -> u64 {
+        let mut total = 0;
+        for table in Table::ALL {
+            for property in [
+                "rocksdb.cur-size-all-mem-tables",
+                "rocksdb.estimate-table-readers-mem",
+            ] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(table), property) {
+                    total += v;
+                }
+            }
+        }
+        // One cache shared by every table: counted once.
+        if let Ok(Some(v)) = self.db.property_int_value("rocksdb.block-cache-usage") {
+            total += v;
+        }
+        total
     }
 
     /// Approximate bytes on disk (SST files) plus memtables.

@@ -278,6 +278,36 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     );
 }
 
+/// A partial state exists to hold unpersisted events: once a checkpoint has persisted
+/// them it leaves memory (well under the budget, so not by eviction), and the entity
+/// reads back whole.
+#[test]
+fn appends_to_cold_entities_leave_nothing_in_memory_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(ManualClock::new(END)),
+            durability: Durability::NoSync,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    db.apply(DEFS).unwrap();
+    let events: Vec<_> = (0..100)
+        .map(|i| event(&format!("e{i}"), END - DAY / 2, i))
+        .collect();
+    db.append("tx", &events).unwrap();
+    assert_eq!(db.cache_stats().entities_in_memory, 100);
+    db.checkpoint().unwrap();
+    assert_eq!(db.cache_stats().entities_in_memory, 0);
+    assert_eq!(db.cache_stats().evicted, 0, "not evicted: forgotten");
+    db.append("tx", &[event("e7", END - DAY / 4, 1000)])
+        .unwrap();
+    let row = db.as_of("e7", &["count_life", "count_1d"], END).unwrap();
+    assert_eq!(row.values, [Value::Int(2), Value::Int(2)]);
+}
+
 /// Reads of cold entities do not outgrow the cache budget until the next checkpoint
 /// interval: once they have loaded an eighth of it, they wake the evictor.
 #[test]
