@@ -21,12 +21,23 @@ fn report(db: &Db, phase: &str) {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     let cache = db.cache_stats();
+    // Live bytes and the allocator's resident pages, the whole process (RocksDB included).
+    tikv_jemalloc_ctl::epoch::advance().unwrap();
+    let allocated = tikv_jemalloc_ctl::stats::allocated::read().unwrap();
+    let resident = tikv_jemalloc_ctl::stats::resident::read().unwrap();
     println!(
-        "{phase:>22}: RSS {:.0} MiB; entity cache (estimate) {:.0} MiB, {} entities; event ids {:.0} MiB",
+        "{:>22}  jemalloc: allocated {:.0} MiB, resident {:.0} MiB",
+        "",
+        mib(allocated),
+        mib(resident)
+    );
+    println!(
+        "{phase:>22}: RSS {:.0} MiB; entity cache (estimate) {:.0} MiB, {} entities; event ids {:.0} MiB; RocksDB {:.0} MiB",
         mib(pages * 4096),
         mib(cache.bytes_held),
         cache.entities_in_memory,
-        mib(cache.event_ids_bytes)
+        mib(cache.event_ids_bytes),
+        mib(cache.state_store_bytes as usize)
     );
 }
 
