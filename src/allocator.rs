@@ -1,14 +1,17 @@
 //! The memory allocator of fsdb's own programs (the `fsdb` binary, benchmarks, profiles).
 //!
-//! With the default `jemalloc` feature, linking fsdb makes jemalloc the process's `malloc`
-//! (C and C++ code included); a program embedding fsdb that wants its own allocator turns
-//! the feature off, and `use_jemalloc!()` then does nothing. Our programs use jemalloc for **every** allocation of the process, RocksDB's C++ included
-//! (tikv-jemalloc-sys's `unprefixed_malloc_on_supported_platforms` makes it `malloc`),
-//! configured to give freed memory back to the OS within about a second. Measured at scale
-//! M with `examples/profile_memory.rs` (docs/benchmarks.md): with mimalloc for Rust and
-//! glibc for RocksDB, ~300 MiB of the process's RSS was memory already freed — mimalloc
-//! holding pages with a few live blocks, glibc holding RocksDB's freed memtable blocks
-//! (its mmap threshold grows to their size, so they come from the heap and stay).
+//! Our programs use jemalloc for **every** allocation of the process, RocksDB's C++
+//! included (tikv-jemalloc-sys's `unprefixed_malloc_on_supported_platforms` makes it
+//! `malloc`), configured to give freed memory back to the OS within about a second. With the
+//! default `jemalloc` feature, linking fsdb makes jemalloc the process's `malloc`; a program
+//! embedding fsdb that wants its own allocator turns the feature off, and `use_jemalloc!()`
+//! then does nothing.
+//!
+//! Why (measured at scale M with `examples/profile_memory.rs`, docs/benchmarks.md): with
+//! mimalloc for Rust and glibc for RocksDB, ~300 MiB of the process's RSS was memory already
+//! freed — mimalloc holding pages with a few live blocks, glibc holding RocksDB's freed
+//! memtable blocks (its mmap threshold grows to their size, so they come from the heap and
+//! stay). Configured jemalloc held ~200 MiB less in the same phases.
 //!
 //! Use it once, at the top of a binary crate: `fsdb::use_jemalloc!();`
 

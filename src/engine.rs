@@ -1010,7 +1010,11 @@ impl Db {
     /// How much of the entities' events is in memory.
     pub fn cache_stats(&self) -> CacheStats {
         let streams = self.inner.registry.read().streams.clone();
-        let ids = self.inner.ingest.lock();
+        // Briefly: this lock orders every append.
+        let (event_ids, event_ids_bytes) = {
+            let ids = self.inner.ingest.lock();
+            (ids.len(), ids.heap_bytes())
+        };
         CacheStats {
             entities_in_memory: streams
                 .iter()
@@ -1019,8 +1023,8 @@ impl Db {
             bytes_held: streams.iter().map(|s| s.held_bytes()).sum(),
             evicted: self.inner.evicted.load(Ordering::Relaxed),
             materialized: self.inner.materialized.load(Ordering::Relaxed),
-            event_ids: ids.len(),
-            event_ids_bytes: ids.heap_bytes(),
+            event_ids,
+            event_ids_bytes,
             state_store_bytes: self.inner.state.memory_bytes(),
         }
     }
