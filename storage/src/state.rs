@@ -319,33 +319,34 @@ impl StateStore {
     /// Approximate bytes of memory RocksDB holds: memtables, table readers (index and
     /// filter blocks, kept outside the block cache) and the block cache.
     pub fn memory_bytes(&self) -> u64 {
-        let mut total = 0;
-        for table in Table::ALL {
-            for property in [
-                "rocksdb.cur-size-all-mem-tables",
-                "rocksdb.estimate-table-readers-mem",
-            ] {
-                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(table), property) {
-                    total += v;
-                }
-            }
-        }
+        let per_table = self.sum_of_table_properties(&[
+            "rocksdb.cur-size-all-mem-tables",
+            "rocksdb.estimate-table-readers-mem",
+        ]);
         // One cache shared by every table: counted once.
-        if let Ok(Some(v)) = self.db.property_int_value("rocksdb.block-cache-usage") {
-            total += v;
-        }
-        total
+        let cache = self
+            .db
+            .property_int_value("rocksdb.block-cache-usage")
+            .ok()
+            .flatten();
+        per_table + cache.unwrap_or(0)
     }
 
     /// Approximate bytes on disk (SST files) plus memtables.
     pub fn size_bytes(&self) -> u64 {
+        self.sum_of_table_properties(&[
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ])
+    }
+
+    /// The sum of integer properties over every table (a property RocksDB cannot give
+    /// counts as 0: these are estimates for reports).
+    fn sum_of_table_properties(&self, properties: &[&str]) -> u64 {
         let mut total = 0;
         for table in Table::ALL {
-            for property in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(table), property) {
+            for property in properties {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(table), *property) {
                     total += v;
                 }
             }

@@ -306,6 +306,10 @@ fn appends_to_cold_entities_leave_nothing_in_memory_after_a_checkpoint() {
         .unwrap();
     let row = db.as_of("e7", &["count_life", "count_1d"], END).unwrap();
     assert_eq!(row.values, [Value::Int(2), Value::Int(2)]);
+    // The memory outside the budget is reported too (this stream has no id field).
+    let cache = db.cache_stats();
+    assert_eq!(cache.event_ids, 0);
+    assert!(cache.state_store_bytes > 0, "{cache:?}");
 }
 
 /// Reads of cold entities do not outgrow the cache budget until the next checkpoint

@@ -316,6 +316,16 @@ fn every_endpoint_answers_like_the_library() {
         metrics.contains("# TYPE fsdb_materialized_values_total counter"),
         "{metrics}"
     );
+    for gauge in [
+        "fsdb_event_ids",
+        "fsdb_event_ids_bytes",
+        "fsdb_state_store_memory_bytes",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {gauge} gauge")),
+            "{metrics}"
+        );
+    }
     assert!(
         metrics.contains("fsdb_http_request_duration_seconds_bucket{route=\"GET /v1/features\""),
         "{metrics}"
