@@ -344,24 +344,12 @@ fn main() {
     // hour past the last hour boundary, rounds of one 1,000-event append then 200 reads.
     // An event drops what `latest` remembered of a realtime feature; a batch feature's
     // value stays (the events are after its period start).
-    let now = spec.end_ms() / 3_600_000 * 3_600_000 + 1_800_000;
+    let now = workload::live_now(&spec);
     clock.set(now);
     db.materialize().unwrap();
     let mut reads = Vec::with_capacity(200 * 200);
     for round in 0..200i64 {
-        let events: Vec<Event> = (0..1000i64)
-            .map(|i| Event {
-                entity: workload::Generator::customer(customers.sample(&mut rng)),
-                time_ms: now - 1_000_000 + round * 1000 + i,
-                id: Some(format!("live{round}-{i}")),
-                values: vec![
-                    Value::Float((i % 300) as f64),
-                    Value::Bool(true),
-                    Value::String("Lyon".into()),
-                    Value::String(format!("m{}", i % 40)),
-                ],
-            })
-            .collect();
+        let events = workload::live_transactions(&spec, round, &customers, &mut rng);
         db.append("transactions", &events).unwrap();
         for _ in 0..200 {
             let entity = workload::Generator::customer(customers.sample(&mut rng));

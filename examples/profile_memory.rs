@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use fsdb::workload::{self, WorkloadSpec};
-use fsdb::{Db, Durability, Event, Options, Value};
+use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
 
@@ -65,24 +65,12 @@ fn main() {
             report(&db, &format!("latest {}", i + 1));
         }
     }
-    let now = spec.end_ms() / 3_600_000 * 3_600_000 + 1_800_000;
+    let now = workload::live_now(&spec);
     clock.set(now);
     db.materialize().unwrap();
     report(&db, "materialize");
     for round in 0..200i64 {
-        let events: Vec<Event> = (0..1000i64)
-            .map(|i| Event {
-                entity: workload::Generator::customer(zipf.sample(&mut rng)),
-                time_ms: now - 1_000_000 + round * 1000 + i,
-                id: Some(format!("live{round}-{i}")),
-                values: vec![
-                    Value::Float((i % 300) as f64),
-                    Value::Bool(true),
-                    Value::String("Lyon".into()),
-                    Value::String(format!("m{}", i % 40)),
-                ],
-            })
-            .collect();
+        let events = workload::live_transactions(&spec, round, &zipf, &mut rng);
         db.append("transactions", &events).unwrap();
         for _ in 0..200 {
             let entity = workload::Generator::customer(zipf.sample(&mut rng));

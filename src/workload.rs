@@ -377,6 +377,36 @@ impl Iterator for Generator {
 }
 
 /// The JSON object of a generated event, as a user would send it.
+/// The query time of the "`latest` under ingest" phase of the benchmark and profiles: half
+/// an hour past the workload's last hour boundary.
+pub fn live_now(spec: &WorkloadSpec) -> i64 {
+    spec.end_ms() / 3_600_000 * 3_600_000 + 1_800_000
+}
+
+/// Round `round` of that phase: 1,000 current transactions (1 ms apart, ending before
+/// [`live_now`]) for customers drawn from `customers`.
+pub fn live_transactions(
+    spec: &WorkloadSpec,
+    round: i64,
+    customers: &Zipf,
+    rng: &mut Rng,
+) -> Vec<Event> {
+    let start = live_now(spec) - 1_000_000 + round * 1000;
+    (0..1000i64)
+        .map(|i| Event {
+            entity: Generator::customer(customers.sample(rng)),
+            time_ms: start + i,
+            id: Some(format!("live{round}-{i}")),
+            values: vec![
+                Value::Float((i % 300) as f64),
+                Value::Bool(true),
+                Value::String("Lyon".into()),
+                Value::String(format!("m{}", i % 40)),
+            ],
+        })
+        .collect()
+}
+
 /// Append the events of `spec` to `db` (which has [`DEFINITIONS`]) in batches of up to
 /// `batch_len` per stream, in generation order; the last, partial batches too.
 pub fn append_all(db: &crate::Db, spec: &WorkloadSpec, batch_len: usize) -> crate::Result<()> {
