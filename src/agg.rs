@@ -9,16 +9,17 @@
 //!
 //! This module never sees events, rows or filters: the engine hands it non-null values.
 
-use rustc_hash::FxHashMap;
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
 use crate::value::{FieldType, Value, ValueType};
 
+pub mod distinct;
 pub mod exact_sum;
 pub mod hll;
 
+use distinct::DistinctKeys;
 use exact_sum::ExactSum;
 use hll::Hll;
 
@@ -205,8 +206,9 @@ pub trait Aggregator {
     fn update(&self, state: &mut Self::State, item: Item, strings: &dyn Strings);
     fn merge(&self, state: &mut Self::State, other: &Self::State, strings: &dyn Strings);
     fn finish(&self, state: &Self::State, strings: &dyn Strings) -> Value;
-    /// Undo an earlier `update` with the same item; only when `INVERTIBLE`. The state is
-    /// then exactly the fold of the remaining items (sliding windows rely on it).
+    /// Undo an earlier `update` with the same item; only when `INVERTIBLE`, on a state
+    /// made by [`AggSpec::init_retractable`] and folded by `update`/`retract` only. The
+    /// state is then exactly the fold of the remaining items (sliding windows rely on it).
     fn retract(&self, _state: &mut Self::State, _item: Item, _strings: &dyn Strings) {
         unreachable!("retract on an aggregation that is not invertible")
     }
@@ -548,33 +550,23 @@ impl Aggregator for LastN {
 pub struct CountDistinct;
 
 impl Aggregator for CountDistinct {
-    /// How many times each distinct value was folded in (so that it can be retracted).
-    type State = FxHashMap<u64, u32>;
+    /// The distinct keys (with their multiplicities when made by `init_retractable`).
+    type State = DistinctKeys;
     const INVERTIBLE: bool = true;
-    fn init(&self) -> FxHashMap<u64, u32> {
-        FxHashMap::default()
+    fn init(&self) -> DistinctKeys {
+        DistinctKeys::default()
     }
-    fn update(&self, state: &mut FxHashMap<u64, u32>, item: Item, _: &dyn Strings) {
-        *state.entry(item.value.distinct_key()).or_insert(0) += 1;
+    fn update(&self, state: &mut DistinctKeys, item: Item, _: &dyn Strings) {
+        state.insert(item.value.distinct_key());
     }
-    fn merge(&self, state: &mut FxHashMap<u64, u32>, other: &FxHashMap<u64, u32>, _: &dyn Strings) {
-        state.reserve(other.len());
-        for (&key, &count) in other {
-            *state.entry(key).or_insert(0) += count;
-        }
+    fn merge(&self, state: &mut DistinctKeys, other: &DistinctKeys, _: &dyn Strings) {
+        state.merge(other);
     }
-    fn finish(&self, state: &FxHashMap<u64, u32>, _: &dyn Strings) -> Value {
+    fn finish(&self, state: &DistinctKeys, _: &dyn Strings) -> Value {
         Value::Int(state.len() as i64)
     }
-    fn retract(&self, state: &mut FxHashMap<u64, u32>, item: Item, _: &dyn Strings) {
-        let key = item.value.distinct_key();
-        let count = state
-            .get_mut(&key)
-            .expect("retracting a value that was folded in");
-        *count -= 1;
-        if *count == 0 {
-            state.remove(&key);
-        }
+    fn retract(&self, state: &mut DistinctKeys, item: Item, _: &dyn Strings) {
+        state.remove_one(item.value.distinct_key());
     }
 }
 
@@ -608,7 +600,7 @@ pub enum Acc {
     Moments(Box<Moments>),
     Edge(Option<Item>),
     LastN(Vec<Item>),
-    Distinct(Box<FxHashMap<u64, u32>>),
+    Distinct(Box<DistinctKeys>),
     Hll(Box<Hll>),
 }
 
@@ -621,10 +613,7 @@ impl Acc {
             Acc::SumFloat(sum) => sum.heap_bytes(),
             Acc::Moments(m) => size_of::<Moments>() + m.sum.heap_bytes() + m.sum_sq.heap_bytes(),
             Acc::LastN(items) => items.capacity() * size_of::<Item>(),
-            Acc::Distinct(set) => {
-                size_of::<FxHashMap<u64, u32>>()
-                    + hash_table_bytes(set.capacity(), size_of::<(u64, u32)>())
-            }
+            Acc::Distinct(set) => size_of::<DistinctKeys>() + set.heap_bytes(),
             Acc::Hll(hll) => {
                 size_of::<Hll>()
                     + match &**hll {
@@ -669,6 +658,15 @@ impl AggSpec {
             AggKind::LastN => Acc::LastN(Vec::new()),
             AggKind::CountDistinct => Acc::Distinct(Box::default()),
             AggKind::ApproxCountDistinct => Acc::Hll(Box::default()),
+        }
+    }
+
+    /// The state of an empty window that values will also be retracted from (a sliding
+    /// window): like [`AggSpec::init`], and keeps what [`AggSpec::retract`] needs.
+    pub fn init_retractable(&self) -> Acc {
+        match self.kind {
+            AggKind::CountDistinct => Acc::Distinct(Box::new(DistinctKeys::retractable())),
+            _ => self.init(),
         }
     }
 
@@ -763,7 +761,8 @@ impl AggSpec {
         }
     }
 
-    /// Remove an item folded in earlier (only if [`AggSpec::invertible`]).
+    /// Remove an item folded in earlier (only if [`AggSpec::invertible`], and only from a
+    /// state made by [`AggSpec::init_retractable`] and never merged into).
     pub fn retract(&self, acc: &mut Acc, item: Item, strings: &dyn Strings) {
         match (self.kind, acc) {
             (AggKind::Count, Acc::Count(s)) => Count.retract(s, item, strings),
@@ -816,11 +815,17 @@ mod tests {
         let distinct = spec(AggKind::CountDistinct);
         let mut acc = distinct.init();
         for i in 0..1000 {
+            distinct.update(&mut acc, item((i + 1) << 20), &NoStrings);
+        }
+        // 1,000 large keys of 8 bytes, in a table at most 7/8 full: 1,024 to 2,048 buckets.
+        let bytes = acc.heap_bytes() - size_of::<DistinctKeys>();
+        assert!((1024 * 9..=2048 * 9 + 16).contains(&bytes), "{bytes}");
+        // 1,000 small keys: a bitmap of 16 words.
+        let mut acc = distinct.init();
+        for i in 0..1000 {
             distinct.update(&mut acc, item(i), &NoStrings);
         }
-        // 1,000 entries of 12 bytes, in a table at most 7/8 full: 1,024 to 2,048 buckets.
-        let bytes = acc.heap_bytes();
-        assert!((1024 * 13..=2048 * 17 + 64).contains(&bytes), "{bytes}");
+        assert_eq!(acc.heap_bytes(), size_of::<DistinctKeys>() + 16 * 8);
         assert_eq!(spec(AggKind::Count).init().heap_bytes(), 0);
         let avg = AggSpec {
             kind: AggKind::Avg,

@@ -129,7 +129,9 @@ impl Slide {
         if spec.kind == crate::agg::AggKind::ApproxCountDistinct {
             Slide::Fold
         } else if spec.invertible() {
-            Slide::Invertible { acc: spec.init() }
+            Slide::Invertible {
+                acc: spec.init_retractable(),
+            }
         } else {
             Slide::TwoStacks {
                 front: Vec::new(),

@@ -251,7 +251,10 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     db.apply(DEFS).unwrap();
     load(&db, "cold", 20_000);
     db.as_of("cold", &["count_life"], END).unwrap();
-    let loaded = db.cache_stats().bytes_held;
+    // What the history holds in memory at the least: a page row of five words per event
+    // (time, LSN, two cells, the null mask). Not measured here: the background
+    // checkpointer, woken by the read, may already be evicting it.
+    let loaded = 20_000 * 5 * 8;
     // One checkpoint sweeps twice: the first clears the "recently used" mark, the second
     // evicts.
     db.checkpoint().unwrap();
