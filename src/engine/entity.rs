@@ -27,7 +27,7 @@ use super::page::Page;
 /// A leaf splits when it holds more events than this.
 pub(crate) const LEAF_EVENTS_MAX: usize = 64;
 /// Tiles with fewer events are folded event by event rather than given a cached summary.
-pub(crate) const SUMMARY_EVENTS_MIN: usize = 32;
+pub(crate) const SUMMARY_EVENTS_MIN: usize = 8;
 const FANOUT_BITS: u32 = 4;
 
 /// The order-preserving map from event times to trie keys.
