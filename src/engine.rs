@@ -315,8 +315,9 @@ pub(crate) struct StreamState {
     pub(crate) features: RwLock<FeatureSet>,
     /// Entities present in memory (`None` while being loaded).
     entities: Vec<RwLock<FxHashMap<Box<str>, EntitySlot>>>,
-    /// Bytes of entity state read from the state store since the last eviction pass:
-    /// reads can grow memory between checkpoints (`Inner::after_reads`).
+    /// Bytes that reads brought into memory since the last eviction pass (entities read
+    /// from the state store, tile summaries computed by queries): reads can grow memory
+    /// between checkpoints (`Inner::after_reads`).
     loaded_bytes: AtomicUsize,
 }
 
@@ -686,9 +687,15 @@ impl StreamState {
             latest: Vec::new(),
             touched: true,
         };
-        self.loaded_bytes
-            .fetch_add(state.heap_bytes(), Ordering::Relaxed);
+        self.note_read_bytes(state.heap_bytes());
         Ok(state)
+    }
+
+    /// Count `bytes` that a read brought into memory towards the next eviction pass.
+    pub(crate) fn note_read_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.loaded_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 }
 

@@ -330,9 +330,11 @@ impl EntityFold<'_> {
                 version: features.version,
                 strings: &strings,
                 stats: QueryStats::default(),
+                summary_bytes_built: 0,
             };
             state.run.fold(lo, hi, &targets, &mut accs, &mut ctx);
             stats += ctx.stats;
+            self.stream.note_read_bytes(ctx.summary_bytes_built);
             folded += group.len();
             for ((position, slot), acc) in group.into_iter().zip(&accs) {
                 let feature = &features.list[slot];

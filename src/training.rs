@@ -391,8 +391,10 @@ impl Db {
                     version: features.version,
                     strings: &strings,
                     stats: QueryStats::default(),
+                    summary_bytes_built: 0,
                 };
                 run.fold(lo, hi, &[slot], &mut accs, &mut ctx);
+                stream.note_read_bytes(ctx.summary_bytes_built);
                 out.set(
                     row as usize,
                     column,

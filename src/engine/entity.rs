@@ -1,16 +1,16 @@
 //! The events of one entity of one stream, in a time trie of tiles with cached summaries.
 //!
 //! A tile covers `[start, start + 2^shift)` of the time axis (times mapped to `u64` in
-//! offset binary so that order is preserved), with `shift` a multiple of 4 from 64 (the
-//! whole axis) down to 0 (one millisecond): tiles are epoch-aligned and nest sixteen to one.
+//! offset binary so that order is preserved), with `shift` a multiple of 2 from 64 (the
+//! whole axis) down to 0 (one millisecond): tiles are epoch-aligned and nest four to one.
 //! A leaf tile holds its events in a [`Page`]; when it holds more than
 //! [`LEAF_EVENTS_MAX`], it becomes an inner tile whose children split its events at the
 //! highest level where they differ. The trie is path-compressed: a child may be any
-//! aligned block inside one sixteenth of its parent, so the long runs of single-child
+//! aligned block inside one quarter of its parent, so the long runs of single-child
 //! levels (all events of an entity share their top ~30 bits) cost nothing.
 //!
 //! Invariants:
-//! - children of an inner tile lie in distinct sixteenths of it, sorted by start;
+//! - children of an inner tile lie in distinct quarters of it, sorted by start;
 //! - every event lies in exactly one leaf, and a tile's `count` is the events below it;
 //! - a cached summary is the fold of every event below its tile, for every feature of the
 //!   stream at the summary's version; inserting an event drops the summaries on its path.
@@ -27,8 +27,13 @@ use super::page::Page;
 /// A leaf splits when it holds more events than this.
 pub(crate) const LEAF_EVENTS_MAX: usize = 64;
 /// Tiles with fewer events are folded event by event rather than given a cached summary.
+/// (32 before 2026-11-27: a query then folded ~365 raw events on average at scale S, ~100
+/// now; a summary costs ~1 KB for the reference workload's ten features.)
 pub(crate) const SUMMARY_EVENTS_MIN: usize = 8;
-const FANOUT_BITS: u32 = 4;
+/// Children per inner tile: 2^FANOUT_BITS. Four rather than sixteen: a window's edge cuts
+/// at most three siblings per level instead of fifteen (`as_of` merged 16 tile summaries
+/// per query instead of 34 at scale S), for twice the levels.
+const FANOUT_BITS: u32 = 2;
 
 /// The order-preserving map from event times to trie keys.
 pub(crate) fn key(time: i64) -> u64 {
@@ -56,12 +61,20 @@ pub(crate) struct FoldCtx<'a> {
     pub(crate) version: u64,
     pub(crate) strings: &'a dyn Strings,
     pub(crate) stats: QueryStats,
+    /// Heap bytes of the tile summaries this fold computed and kept.
+    pub(crate) summary_bytes_built: usize,
 }
 
 #[derive(Debug)]
 struct Summary {
     version: u64,
     accs: Box<[Acc]>,
+}
+
+impl Summary {
+    fn heap_bytes(&self) -> usize {
+        self.accs.iter().map(acc_bytes).sum()
+    }
 }
 
 #[derive(Debug)]
@@ -199,7 +212,7 @@ impl Node {
         }
         match &self.body {
             Body::Leaf(page) => {
-                let row = page.rows_between(time, i64::MAX).start;
+                let row = page.first_row_at_or_after(time);
                 (row < page.len()).then(|| page.time(row))
             }
             Body::Inner(children) => {
@@ -212,10 +225,7 @@ impl Node {
     }
 
     fn heap_bytes(&self) -> usize {
-        let summary = self
-            .summary
-            .as_ref()
-            .map_or(0, |s| s.accs.iter().map(acc_bytes).sum());
+        let summary = self.summary.as_ref().map_or(0, Summary::heap_bytes);
         std::mem::size_of::<Node>()
             + summary
             + match &self.body {
@@ -269,7 +279,7 @@ impl Node {
                         children[at].insert(k, time, lsn, cells, columns)
                     }
                     Ok(at) => {
-                        // The sixteenth holds a narrower tile elsewhere: put both under the
+                        // The quarter holds a narrower tile elsewhere: put both under the
                         // smallest block that holds them.
                         let shift = common_shift(k, children[at].start);
                         let placeholder = Node::leaf(0, 0, Page::new(columns));
@@ -297,7 +307,7 @@ impl Node {
     }
 
     /// Turn a full leaf into an inner tile, narrowed to the block its events span, with a
-    /// child per sixteenth holding events. A leaf whose events all share one millisecond
+    /// child per quarter holding events. A leaf whose events all share one millisecond
     /// cannot split and stays a (large) leaf.
     fn split(&mut self) {
         let Body::Leaf(page) = &self.body else {
@@ -349,10 +359,21 @@ impl Node {
             self.fold_all(targets, accs, ctx);
             return;
         }
+        let (start, last) = (self.start, self.last_key());
         match &mut self.body {
             Body::Leaf(page) => {
-                let rows = page.rows_between(lo, hi);
-                fold_rows(page, rows, targets, accs, ctx);
+                // Usually one edge cuts the leaf: search only for that one.
+                let from = if key(lo) <= start {
+                    0
+                } else {
+                    page.first_row_at_or_after(lo)
+                };
+                let to = if last <= key(hi) {
+                    page.len()
+                } else {
+                    page.first_row_after(hi)
+                };
+                fold_rows(page, from..to.max(from), targets, accs, ctx);
             }
             Body::Inner(children) => {
                 let from = children.partition_point(|c| c.last_key() < key(lo));
@@ -410,10 +431,12 @@ impl Node {
             }
         }
         ctx.stats = saved;
-        self.summary = Some(Summary {
+        let summary = Summary {
             version: ctx.version,
             accs: accs.into_boxed_slice(),
-        });
+        };
+        ctx.summary_bytes_built += summary.heap_bytes();
+        self.summary = Some(summary);
     }
 }
 

@@ -146,14 +146,26 @@ impl Page {
             .collect()
     }
 
-    /// The rows with `lo <= time <= hi`.
-    pub(crate) fn rows_between(&self, lo: i64, hi: i64) -> Range<usize> {
-        let start = self.lower_bound(lo, 0);
-        let end = match hi.checked_add(1) {
-            Some(next) => self.lower_bound(next, 0),
+    /// The first row with `time >= at` (the page's length if none).
+    pub(crate) fn first_row_at_or_after(&self, at: i64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.time(mid) < at {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The first row with `time > at` (the page's length if none).
+    pub(crate) fn first_row_after(&self, at: i64) -> usize {
+        match at.checked_add(1) {
+            Some(next) => self.first_row_at_or_after(next),
             None => self.len(),
-        };
-        start..end.max(start)
+        }
     }
 
     /// A new page with the rows in `range`.
@@ -221,9 +233,12 @@ mod tests {
                 assert_eq!(page.cell(column, row), *cell);
             }
         }
-        assert_eq!(page.rows_between(3, 5), 1..5);
-        assert_eq!(page.rows_between(4, 4), 2..2);
-        assert_eq!(page.rows_between(-5, -1), 0..1);
+        let rows = |lo, hi| page.first_row_at_or_after(lo)..page.first_row_after(hi);
+        assert_eq!(rows(3, 5), 1..5);
+        assert_eq!(rows(4, 4), 2..2);
+        assert_eq!(rows(-5, -1), 0..1);
+        assert_eq!(rows(6, i64::MAX), 5..5);
+        assert_eq!(rows(i64::MIN, i64::MAX), 0..5);
         assert_eq!(page.extract(1..3).len(), 2);
     }
 }
