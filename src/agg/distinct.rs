@@ -106,12 +106,17 @@ impl DistinctKeys {
         assert!(present, "retracting a value that was folded in");
     }
 
+    /// No key was ever inserted (cheaper than `is_empty`, which also sees removals).
+    fn never_filled(&self) -> bool {
+        self.dense.is_empty() && self.sparse.is_empty()
+    }
+
     /// The union with `other`.
     pub fn merge(&mut self, other: &DistinctKeys) {
-        if other.is_empty() {
+        if other.never_filled() {
             return;
         }
-        if self.is_empty() {
+        if self.never_filled() {
             // Nothing to combine: the copy is exact, multiplicities (if kept) included.
             self.clone_from(other);
             return;

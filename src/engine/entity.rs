@@ -362,22 +362,22 @@ impl Node {
         let (start, last) = (self.start, self.last_key());
         match &mut self.body {
             Body::Leaf(page) => {
-                // Usually one edge cuts the leaf: search only for that one.
-                let from = if key(lo) <= start {
-                    0
+                // Usually one edge cuts the leaf: scanning from the other end touches only
+                // the rows to fold (and the one that stops the scan), in order; a binary
+                // search would touch ~6 scattered rows more.
+                let rows = if key(lo) <= start {
+                    0..page.first_row_after_from_front(hi)
+                } else if last <= key(hi) {
+                    page.first_row_at_or_after_from_back(lo)..page.len()
                 } else {
-                    page.first_row_at_or_after(lo)
+                    let from = page.first_row_at_or_after(lo);
+                    from..page.first_row_after(hi).max(from)
                 };
-                let to = if last <= key(hi) {
-                    page.len()
-                } else {
-                    page.first_row_after(hi)
-                };
-                fold_rows(page, from..to.max(from), targets, accs, ctx);
+                fold_rows(page, rows, targets, accs, ctx);
             }
             Body::Inner(children) => {
-                let from = children.partition_point(|c| c.last_key() < key(lo));
-                for child in &mut children[from..] {
+                // At most 2^FANOUT_BITS children, adjacent in memory: a scan, no search.
+                for child in children.iter_mut() {
                     if child.start > key(hi) {
                         break;
                     }

@@ -160,6 +160,27 @@ impl Page {
         lo
     }
 
+    /// [`Page::first_row_after`] by a scan from the first row: for callers that then
+    /// read the rows before it.
+    pub(crate) fn first_row_after_from_front(&self, at: i64) -> usize {
+        let len = self.len();
+        let mut row = 0;
+        while row < len && self.time(row) <= at {
+            row += 1;
+        }
+        row
+    }
+
+    /// [`Page::first_row_at_or_after`] by a scan from the last row: for callers that then
+    /// read the rows from it.
+    pub(crate) fn first_row_at_or_after_from_back(&self, at: i64) -> usize {
+        let mut row = self.len();
+        while row > 0 && self.time(row - 1) >= at {
+            row -= 1;
+        }
+        row
+    }
+
     /// The first row with `time > at` (the page's length if none).
     pub(crate) fn first_row_after(&self, at: i64) -> usize {
         match at.checked_add(1) {
@@ -239,6 +260,16 @@ mod tests {
         assert_eq!(rows(-5, -1), 0..1);
         assert_eq!(rows(6, i64::MAX), 5..5);
         assert_eq!(rows(i64::MIN, i64::MAX), 0..5);
+        for at in -2..7 {
+            assert_eq!(
+                page.first_row_after_from_front(at),
+                page.first_row_after(at)
+            );
+            assert_eq!(
+                page.first_row_at_or_after_from_back(at),
+                page.first_row_at_or_after(at)
+            );
+        }
         assert_eq!(page.extract(1..3).len(), 2);
     }
 }
