@@ -201,7 +201,10 @@ pub(crate) struct EntityState {
     /// Complete: every event of the entity. Partial: empty.
     pub(crate) run: EntityRun,
     /// The events applied and not yet committed to the state store, which the next
-    /// checkpoint encodes from here (for a complete state, copies of rows of `run`).
+    /// checkpoint encodes from here (for a complete state, copies of rows of `run`), in
+    /// the order they were applied: concurrent appends interleave their batches, and
+    /// keeping this page sorted moved every later row for each earlier event (the
+    /// checkpoint sorts its copy). Rows leave only from the front, after a commit.
     unpersisted: page::Page,
     /// Complete: `run` holds the persisted history and everything applied since.
     history_loaded: bool,
@@ -383,6 +386,15 @@ impl AppliedTracker {
     }
 }
 
+/// An event ready for [`Inner::apply_prepared`].
+struct PreparedEvent<'a> {
+    entity: &'a str,
+    time_ms: i64,
+    id_hash: Option<u128>,
+    slot: &'a EntitySlot,
+    cells: &'a [Option<u64>],
+}
+
 /// What applying one batch of entries leaves for the checkpointer.
 #[derive(Default)]
 struct Applied {
@@ -481,9 +493,8 @@ impl StreamState {
         &self.entities[(hash % ENTITY_SHARDS as u64) as usize]
     }
 
-    /// The raw cells of an event's values (interning strings), into `cells`.
-    fn cells<V: EventValue>(&self, values: &[V], cells: &mut Vec<Option<u64>>) {
-        cells.clear();
+    /// The raw cells of an event's values (interning strings), appended to `cells`.
+    fn cells_into<V: EventValue>(&self, values: &[V], cells: &mut Vec<Option<u64>>) {
         cells.extend(values.iter().map(|v| v.cell(&self.strings)));
     }
 
@@ -675,7 +686,8 @@ impl StreamState {
                         ),
                     });
                 }
-                self.cells(values, &mut cells);
+                cells.clear();
+                self.cells_into(values, &mut cells);
                 run.insert(*time, *lsn, &cells);
             }
         }
@@ -1355,28 +1367,36 @@ impl Inner {
                 (accepted, appended.first_lsn, appended.end_lsn())
             }
         };
+        // While the log syncs: the part of applying that nothing reads.
+        let columns = stream.field_types.len();
+        let mut cells = Vec::with_capacity(accepted.len() * columns);
+        let slots = accepted
+            .iter()
+            .map(|&i| self.prepare_event(stream, &events[i].entity, &events[i].values, &mut cells))
+            .collect::<Result<Vec<EntitySlot>>>();
+        let slots = match slots {
+            Ok(slots) => slots,
+            Err(e) => {
+                // The batch is in the log: state can no longer follow it.
+                self.poison_with(&e);
+                return Err(e);
+            }
+        };
         // Durable before visible: duplicates too wait for the original's durability.
         if self.options.durability == Durability::Sync {
             self.log.wait_durable(end_lsn)?;
         }
         drop(announced);
         let mut applied = Applied::default();
-        for (offset, &i) in accepted.iter().enumerate() {
-            let event = &events[i];
-            let lsn = first_lsn + offset as Lsn;
-            let result = self.apply_event(
-                stream,
-                lsn,
-                &event.entity,
-                event.time_ms,
-                hashes[i],
-                &event.values,
-                &mut applied,
-            );
-            if let Err(e) = result {
-                self.poison_with(&e);
-                return Err(e);
-            }
+        for (offset, (&i, slot)) in accepted.iter().zip(&slots).enumerate() {
+            let event = PreparedEvent {
+                entity: &events[i].entity,
+                time_ms: events[i].time_ms,
+                id_hash: hashes[i],
+                slot,
+                cells: &cells[offset * columns..(offset + 1) * columns],
+            };
+            self.apply_prepared(stream, first_lsn + offset as Lsn, event, &mut applied);
         }
         self.hand_over(applied);
         self.applied.complete(first_lsn, end_lsn);
@@ -1405,23 +1425,70 @@ impl Inner {
         values: &[impl EventValue],
         applied: &mut Applied,
     ) -> Result<()> {
-        stream.cells(values, &mut applied.cells);
-        let slot = stream
+        let mut cells = std::mem::take(&mut applied.cells);
+        cells.clear();
+        let slot = self.prepare_event(stream, entity, values, &mut cells)?;
+        let event = PreparedEvent {
+            entity,
+            time_ms,
+            id_hash,
+            slot: &slot,
+            cells: &cells,
+        };
+        self.apply_prepared(stream, lsn, event, applied);
+        applied.cells = cells;
+        Ok(())
+    }
+
+    /// The part of applying an event that changes nothing a reader can see, and may run
+    /// before the event is durable: its cells (strings interned) appended to `cells`, and
+    /// its entity's slot (created empty if the entity is new: an empty slot reads as an
+    /// entity without events).
+    fn prepare_event(
+        &self,
+        stream: &StreamState,
+        entity: &str,
+        values: &[impl EventValue],
+        cells: &mut Vec<Option<u64>>,
+    ) -> Result<EntitySlot> {
+        stream.cells_into(values, cells);
+        Ok(stream
             .entity(entity, &self.state, true)?
-            .expect("created on demand");
+            .expect("created on demand"))
+    }
+
+    /// The rest of [`Inner::apply_event`]: insert the prepared event.
+    fn apply_prepared(
+        &self,
+        stream: &Arc<StreamState>,
+        lsn: Lsn,
+        event: PreparedEvent<'_>,
+        applied: &mut Applied,
+    ) {
+        let PreparedEvent {
+            entity,
+            time_ms,
+            id_hash,
+            slot,
+            cells,
+        } = event;
         {
             // A complete state knows every event (its run); a partial one only those not
             // yet persisted: it cannot tell a replayed event that is already persisted, and
             // persists it again; loading merges the two (`lock_loaded`, `load`).
-            let mut state = stream.lock_for_append(&slot);
-            let new = !state.history_loaded || state.run.insert(time_ms, lsn, &applied.cells);
+            let mut state = stream.lock_for_append(slot);
+            let new = !state.history_loaded || state.run.insert(time_ms, lsn, cells);
             let was_clean = state.unpersisted.len() == 0;
-            if new && state.unpersisted.insert(time_ms, lsn, &applied.cells) {
+            if new {
+                // A partial state takes an event applied twice twice: loading and the
+                // state digest merge repeats (it does not happen in one process: each LSN
+                // is applied once).
+                state.unpersisted.push(time_ms, lsn, cells);
                 if was_clean {
                     applied.newly_dirty.push(Dirty {
                         stream: Arc::clone(stream),
                         name: entity.into(),
-                        slot: Arc::clone(&slot),
+                        slot: Arc::clone(slot),
                     });
                 }
                 for cached in &mut state.latest {
@@ -1435,7 +1502,6 @@ impl Inner {
         if let Some(hash) = id_hash {
             applied.ids.push(hash);
         }
-        Ok(())
     }
 
     /// Give what a batch applied to the checkpointer (before the batch is marked applied:
@@ -1593,11 +1659,13 @@ impl Inner {
         {
             return Ok(());
         }
-        // Encode each dirty entity's unpersisted rows, copied under its lock, as chunks of
-        // at most CHUNK_ROWS_MAX rows, each keyed by its smallest LSN. The rows stay in
-        // `unpersisted` (for a partial state, the only place they are in memory) until the
-        // commit; then exactly the rows written are removed, whatever came in meanwhile.
-        let mut written: Vec<(Dirty, Vec<(i64, Lsn)>)> = Vec::with_capacity(dirty.len());
+        // Encode each dirty entity's unpersisted rows, copied under its lock and sorted
+        // outside it, as chunks of at most CHUNK_ROWS_MAX rows, each keyed by its smallest
+        // LSN. The rows stay in `unpersisted` (for a partial state, the only place they are
+        // in memory) until the commit; then the rows written, the first ones, are removed,
+        // whatever was appended after them meanwhile (checkpoints run one at a time, and
+        // an entity is listed once: appends list it only when they find it clean).
+        let mut written: Vec<(Dirty, usize)> = Vec::with_capacity(dirty.len());
         let mut chunks = Vec::with_capacity(dirty.len());
         for entity in dirty {
             let rows = {
@@ -1605,6 +1673,7 @@ impl Inner {
                 let state = guard.as_ref().expect("dirty entities are in memory");
                 state.unpersisted.clone()
             };
+            let rows = rows.sorted();
             let strings = entity.stream.strings.read();
             for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
                 let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
@@ -1620,10 +1689,9 @@ impl Inner {
                 chunks.push((key, codec::encode(&view).expect("chunks encode")));
             }
             drop(strings);
-            let keys = (0..rows.len()).map(|row| (rows.time(row), rows.lsn(row)));
-            written.push((entity, keys.collect()));
+            written.push((entity, rows.len()));
         }
-        let events: usize = written.iter().map(|(_, keys)| keys.len()).sum();
+        let events: usize = written.iter().map(|&(_, rows)| rows).sum();
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
@@ -1656,10 +1724,10 @@ impl Inner {
                 // appends saw `unpersisted` non-empty and did not list it again).
                 let mut still_dirty = Vec::new();
                 let mut spent = Vec::new();
-                for (entity, keys) in written {
+                for (entity, rows) in written {
                     let mut guard = entity.slot.lock();
                     let state = guard.as_mut().expect("dirty entities are in memory");
-                    state.unpersisted.remove_rows(&keys);
+                    state.unpersisted.remove_first(rows);
                     let left = state.unpersisted.len() > 0;
                     let partial = !state.history_loaded;
                     drop(guard);

@@ -92,6 +92,12 @@ impl Page {
         let old_len = self.data.len();
         self.data.resize(old_len + self.stride, 0);
         self.data.copy_within(base..old_len, base + self.stride);
+        self.write_row(base, time, lsn, cells);
+        true
+    }
+
+    /// Fill the row starting at word `base`.
+    fn write_row(&mut self, base: usize, time: i64, lsn: u64, cells: &[Option<u64>]) {
         let row = &mut self.data[base..base + self.stride];
         row.fill(0);
         row[TIME] = time as u64;
@@ -102,31 +108,36 @@ impl Page {
                 None => row[CELLS + self.columns + column / 64] |= 1 << (column % 64),
             }
         }
-        true
     }
 
-    /// Remove the rows whose (time, LSN) is in `keys`, which are sorted (as a page's rows
-    /// are); rows not in `keys` stay, in order. An emptied page gives back its memory.
-    pub(crate) fn remove_rows(&mut self, keys: &[(i64, u64)]) {
-        let mut keys = keys.iter().copied().peekable();
-        let mut kept = 0;
-        for row in 0..self.len() {
-            let key = (self.time(row), self.lsn(row));
-            while keys.next_if(|&k| k < key).is_some() {}
-            if keys.next_if_eq(&key).is_some() {
-                continue;
-            }
-            if kept != row {
-                let from = row * self.stride;
-                self.data
-                    .copy_within(from..from + self.stride, kept * self.stride);
-            }
-            kept += 1;
-        }
-        self.data.truncate(kept * self.stride);
-        if kept == 0 {
+    /// Append a row after the others, whatever its (time, LSN): for a page kept in arrival
+    /// order (an entity's unpersisted events), which `sorted` orders when it is read.
+    pub(crate) fn push(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) {
+        debug_assert_eq!(cells.len(), self.columns);
+        let base = self.data.len();
+        self.data.resize(base + self.stride, 0);
+        self.write_row(base, time, lsn, cells);
+    }
+
+    /// Remove the first `n` rows; the others stay, in order. An emptied page gives back its
+    /// memory.
+    pub(crate) fn remove_first(&mut self, n: usize) {
+        assert!(n <= self.len(), "removing {n} of {} rows", self.len());
+        self.data.drain(..n * self.stride);
+        if self.data.is_empty() {
             self.data = Vec::new();
         }
+    }
+
+    /// The same rows sorted by (time, LSN) (a stable sort: repeats keep their order).
+    pub(crate) fn sorted(&self) -> Page {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by_key(|&row| (self.time(row), self.lsn(row)));
+        let mut data = Vec::with_capacity(self.data.len());
+        for row in order {
+            data.extend_from_slice(&self.data[row * self.stride..(row + 1) * self.stride]);
+        }
+        Page { data, ..*self }
     }
 
     /// Drop the spare capacity.
@@ -204,22 +215,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remove_rows_removes_exactly_the_keys_given() {
+    fn pushed_rows_sort_and_leave_by_prefix() {
         let mut page = Page::new(2);
-        for (time, lsn) in [(1i64, 1u64), (2, 2), (2, 3), (4, 4), (5, 5), (7, 6)] {
-            page.insert(time, lsn, &[Some(lsn * 10), None]);
+        for (time, lsn) in [(5i64, 5u64), (2, 3), (7, 6), (2, 2), (1, 1), (2, 3)] {
+            page.push(time, lsn, &[Some(lsn * 10), None]);
         }
-        // Keys of rows present, and some that are not (already removed, or never there).
-        page.remove_rows(&[(0, 9), (2, 2), (2, 4), (4, 4), (7, 6), (8, 1)]);
-        let left: Vec<(i64, u64, Option<u64>)> = (0..page.len())
-            .map(|r| (page.time(r), page.lsn(r), page.cell(0, r)))
-            .collect();
+        let keys = |page: &Page| -> Vec<(i64, u64, Option<u64>)> {
+            (0..page.len())
+                .map(|r| (page.time(r), page.lsn(r), page.cell(0, r)))
+                .collect()
+        };
+        let sorted = page.sorted();
         assert_eq!(
-            left,
-            vec![(1, 1, Some(10)), (2, 3, Some(30)), (5, 5, Some(50))]
+            keys(&sorted),
+            vec![
+                (1, 1, Some(10)),
+                (2, 2, Some(20)),
+                (2, 3, Some(30)),
+                (2, 3, Some(30)),
+                (5, 5, Some(50)),
+                (7, 6, Some(60))
+            ]
         );
-        assert_eq!(page.cell(1, 1), None);
-        page.remove_rows(&[(1, 1), (2, 3), (5, 5)]);
+        assert_eq!(sorted.cell(1, 3), None);
+        page.remove_first(4);
+        assert_eq!(keys(&page), vec![(1, 1, Some(10)), (2, 3, Some(30))]);
+        page.remove_first(2);
         assert_eq!((page.len(), page.heap_bytes()), (0, 0));
     }
 
