@@ -1,15 +1,40 @@
-//! Ingest the reference workload (scale from FSDB_SCALE, default S) and report time; for
-//! profiling with `perf record`.
+//! Ingest the reference workload and report wall and CPU time; for profiling with
+//! `perf record`.
+//!
+//! `FSDB_SCALE` (S), `FSDB_APPENDERS` (1: one thread appending batches of 1,000 as they
+//! are generated; N > 1: the benchmark's shape, batches generated first and appended
+//! from N threads, batch i by thread i % N), `FSDB_NOSYNC` (acknowledge without fsync).
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsdb::workload::{self, WorkloadSpec};
+use fsdb::workload::{self, Stream, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
 
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
+    let appenders: usize = std::env::var("FSDB_APPENDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         durability: if std::env::var("FSDB_NOSYNC").is_ok() {
@@ -23,9 +48,47 @@ fn main() {
     let db = Db::open(dir.path(), options).unwrap();
     db.apply(workload::DEFINITIONS).unwrap();
     let events: Vec<_> = spec.generator().collect();
-    let start = Instant::now();
-    workload::append_events(&db, events, 1000).unwrap();
-    println!("ingest: {:.2}s", start.elapsed().as_secs_f64());
+    let count = events.len();
+    let (cpu, start) = (cpu_seconds(), Instant::now());
+    if appenders == 1 {
+        workload::append_events(&db, events, 1000).unwrap();
+    } else {
+        let (mut batches, mut transactions, mut clicks) = (Vec::new(), Vec::new(), Vec::new());
+        for (stream, event) in events {
+            let batch = match stream {
+                Stream::Transactions => &mut transactions,
+                Stream::Clicks => &mut clicks,
+            };
+            batch.push(event);
+            if batch.len() == 1000 {
+                batches.push((stream.name(), std::mem::take(batch)));
+            }
+        }
+        batches.push((Stream::Transactions.name(), transactions));
+        batches.push((Stream::Clicks.name(), clicks));
+        let (cpu_now, start_now) = (cpu_seconds(), Instant::now());
+        let (batches, db) = (&batches, &db);
+        std::thread::scope(|scope| {
+            for w in 0..appenders {
+                scope.spawn(move || {
+                    for (stream, batch) in batches.iter().skip(w).step_by(appenders) {
+                        db.append(stream, batch).unwrap();
+                    }
+                });
+            }
+        });
+        let wall = start_now.elapsed().as_secs_f64();
+        println!(
+            "ingest, {appenders} appenders: {:.0} k events/s, {wall:.2}s, CPU {:.2}s",
+            count as f64 / wall / 1e3,
+            cpu_seconds() - cpu_now
+        );
+    }
+    println!(
+        "ingest: {:.2}s, CPU {:.2}s",
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
     let start = Instant::now();
     db.close().unwrap();
     println!("close: {:.2}s", start.elapsed().as_secs_f64());
