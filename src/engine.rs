@@ -1353,6 +1353,7 @@ impl Inner {
         // Decide duplicates and write, in one order.
         let (accepted, first_lsn, end_lsn) = {
             let mut ids = self.ingest.lock();
+            ids.warm(hashes.iter().flatten().copied());
             let mut batch_ids = FxHashSet::default();
             let accepted: Vec<usize> = (0..events.len())
                 .filter(|&i| hashes[i].is_none_or(|h| !ids.contains(h) && batch_ids.insert(h)))
@@ -1621,7 +1622,10 @@ impl Inner {
             }
             // Here rather than after the join: one worker adds its ids while the other
             // may still be applying.
-            self.ingest.lock().extend(applied.ids.iter().copied());
+            let mut ids = self.ingest.lock();
+            ids.warm(applied.ids.iter().copied());
+            ids.extend(applied.ids.iter().copied());
+            drop(ids);
             Ok(applied)
         };
         let (first, second) = std::thread::scope(|scope| {
