@@ -1,4 +1,6 @@
-//! A page: the events of one leaf tile, sorted by (time, LSN), stored row by row.
+//! A page: the events of one leaf tile, sorted by (time, LSN), stored row by row — or, for
+//! an entity's unpersisted events, the same rows in arrival order (built by `push` only,
+//! read through `sorted`; the search methods assume a sorted page).
 //!
 //! One `Vec<u64>` holds every row as `[time, lsn, cell 0, …, cell n-1, null mask…]`: one
 //! allocation per page (rows are added in place), and one cache line per row when folding.
