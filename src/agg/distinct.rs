@@ -106,7 +106,9 @@ impl DistinctKeys {
         assert!(present, "retracting a value that was folded in");
     }
 
-    /// No key was ever inserted (cheaper than `is_empty`, which also sees removals).
+    /// No bitmap word was ever needed and no large key is present: then the set is empty
+    /// (the converse does not hold after removals). Cheaper than `is_empty`, which reads
+    /// the words.
     fn never_filled(&self) -> bool {
         self.dense.is_empty() && self.sparse.is_empty()
     }
