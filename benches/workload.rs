@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fsdb::time::ManualClock;
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Event, Options, Value};
 
 fsdb::use_jemalloc!();
@@ -148,44 +148,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Batches of 1,000 events per stream, generated before timing so that only fsdb's work is
-/// measured.
-fn batches(spec: &WorkloadSpec) -> Vec<(&'static str, Vec<Event>)> {
-    let (mut out, mut tx, mut clicks) = (Vec::new(), Vec::new(), Vec::new());
-    for (stream, event) in spec.generator() {
-        let (name, batch) = match stream {
-            Stream::Transactions => ("transactions", &mut tx),
-            Stream::Clicks => ("clicks", &mut clicks),
-        };
-        batch.push(event);
-        if batch.len() == 1000 {
-            out.push((name, std::mem::take(batch)));
-        }
-    }
-    out.push(("transactions", tx));
-    out.push(("clicks", clicks));
-    out
-}
-
 /// Append `batches` from `APPENDERS` threads (batch i goes to thread i % APPENDERS, so each
 /// thread keeps arrival order); every append is acknowledged after fsync.
 fn ingest(db: &Db, batches: &[(&'static str, Vec<Event>)]) -> (u64, Duration) {
     let start = Instant::now();
-    let accepted: u64 = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..APPENDERS)
-            .map(|w| {
-                scope.spawn(move || {
-                    batches
-                        .iter()
-                        .skip(w)
-                        .step_by(APPENDERS)
-                        .map(|(name, batch)| db.append(name, batch).unwrap().accepted as u64)
-                        .sum::<u64>()
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).sum()
-    });
+    let accepted = workload::append_from_threads(db, batches, APPENDERS).unwrap();
     (accepted, start.elapsed())
 }
 
@@ -252,7 +219,8 @@ fn main() {
     let peer = rocksdb_synced_batches(&root.path().join("peer-1"), spec.events / 2);
     let data = root.path().join("fsdb");
     let before_input = rss_bytes();
-    let batches = batches(&spec);
+    // Generated before timing, so that only fsdb's work is measured.
+    let batches = workload::batches(spec.generator(), 1000);
     let input_bytes = rss_bytes().saturating_sub(before_input);
     let rss = RssSampler::start(input_bytes);
     let db = Db::open(&data, options(&clock)).unwrap();

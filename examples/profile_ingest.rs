@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsdb::workload::{self, Stream, WorkloadSpec};
+use fsdb::workload::{self, WorkloadSpec};
 use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
@@ -53,30 +53,9 @@ fn main() {
     if appenders == 1 {
         workload::append_events(&db, events, 1000).unwrap();
     } else {
-        let (mut batches, mut transactions, mut clicks) = (Vec::new(), Vec::new(), Vec::new());
-        for (stream, event) in events {
-            let batch = match stream {
-                Stream::Transactions => &mut transactions,
-                Stream::Clicks => &mut clicks,
-            };
-            batch.push(event);
-            if batch.len() == 1000 {
-                batches.push((stream.name(), std::mem::take(batch)));
-            }
-        }
-        batches.push((Stream::Transactions.name(), transactions));
-        batches.push((Stream::Clicks.name(), clicks));
+        let batches = workload::batches(events, 1000);
         let (cpu_now, start_now) = (cpu_seconds(), Instant::now());
-        let (batches, db) = (&batches, &db);
-        std::thread::scope(|scope| {
-            for w in 0..appenders {
-                scope.spawn(move || {
-                    for (stream, batch) in batches.iter().skip(w).step_by(appenders) {
-                        db.append(stream, batch).unwrap();
-                    }
-                });
-            }
-        });
+        workload::append_from_threads(&db, &batches, appenders).unwrap();
         let wall = start_now.elapsed().as_secs_f64();
         println!(
             "ingest, {appenders} appenders: {:.0} k events/s, {wall:.2}s, CPU {:.2}s",

@@ -442,6 +442,55 @@ pub fn append_events(
     Ok(())
 }
 
+/// Events cut into batches of `batch_len` per stream, in generation order (the last,
+/// partial batches at the end), named by stream: for appending from several threads.
+pub fn batches(
+    events: impl IntoIterator<Item = (Stream, Event)>,
+    batch_len: usize,
+) -> Vec<(&'static str, Vec<Event>)> {
+    let (mut out, mut transactions, mut clicks) = (Vec::new(), Vec::new(), Vec::new());
+    for (stream, event) in events {
+        let batch = match stream {
+            Stream::Transactions => &mut transactions,
+            Stream::Clicks => &mut clicks,
+        };
+        batch.push(event);
+        if batch.len() >= batch_len {
+            out.push((stream.name(), std::mem::take(batch)));
+        }
+    }
+    out.push((Stream::Transactions.name(), transactions));
+    out.push((Stream::Clicks.name(), clicks));
+    out
+}
+
+/// Append `batches` from `appenders` threads, batch i from thread i % `appenders` (so each
+/// thread keeps generation order); returns the events accepted.
+pub fn append_from_threads(
+    db: &crate::Db,
+    batches: &[(&'static str, Vec<Event>)],
+    appenders: usize,
+) -> crate::Result<u64> {
+    let appenders = appenders.max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..appenders)
+            .map(|w| {
+                scope.spawn(move || {
+                    let mut accepted = 0u64;
+                    for (stream, batch) in batches.iter().skip(w).step_by(appenders) {
+                        accepted += db.append(stream, batch)?.accepted as u64;
+                    }
+                    Ok(accepted)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("appender thread panicked"))
+            .sum()
+    })
+}
+
 pub fn event_json(stream: Stream, event: &Event) -> serde_json::Value {
     match stream {
         Stream::Transactions => serde_json::json!({
