@@ -1677,7 +1677,7 @@ impl Inner {
                 let state = guard.as_ref().expect("dirty entities are in memory");
                 state.unpersisted.clone()
             };
-            let rows = rows.sorted();
+            let rows = rows.into_sorted();
             let strings = entity.stream.strings.read();
             for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
                 let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());

@@ -1,6 +1,6 @@
 //! A page: the events of one leaf tile, sorted by (time, LSN), stored row by row — or, for
 //! an entity's unpersisted events, the same rows in arrival order (built by `push` only,
-//! read through `sorted`; the search methods assume a sorted page).
+//! read through `into_sorted`; the search methods assume a sorted page).
 //!
 //! One `Vec<u64>` holds every row as `[time, lsn, cell 0, …, cell n-1, null mask…]`: one
 //! allocation per page (rows are added in place), and one cache line per row when folding.
@@ -113,7 +113,7 @@ impl Page {
     }
 
     /// Append a row after the others, whatever its (time, LSN): for a page kept in arrival
-    /// order (an entity's unpersisted events), which `sorted` orders when it is read.
+    /// order (an entity's unpersisted events), which `into_sorted` orders when it is read.
     pub(crate) fn push(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) {
         debug_assert_eq!(cells.len(), self.columns);
         let base = self.data.len();
@@ -131,15 +131,20 @@ impl Page {
         }
     }
 
-    /// The same rows sorted by (time, LSN) (a stable sort: repeats keep their order).
-    pub(crate) fn sorted(&self) -> Page {
+    /// The same rows sorted by (time, LSN) (a stable sort: repeats keep their order); the
+    /// page itself if it already is (one appender's events mostly arrive in order).
+    pub(crate) fn into_sorted(self) -> Page {
+        let key = |row: usize| (self.time(row), self.lsn(row));
+        if (1..self.len()).all(|row| key(row - 1) <= key(row)) {
+            return self;
+        }
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by_key(|&row| (self.time(row), self.lsn(row)));
         let mut data = Vec::with_capacity(self.data.len());
         for row in order {
             data.extend_from_slice(&self.data[row * self.stride..(row + 1) * self.stride]);
         }
-        Page { data, ..*self }
+        Page { data, ..self }
     }
 
     /// Drop the spare capacity.
@@ -227,7 +232,7 @@ mod tests {
                 .map(|r| (page.time(r), page.lsn(r), page.cell(0, r)))
                 .collect()
         };
-        let sorted = page.sorted();
+        let sorted = page.clone().into_sorted();
         assert_eq!(
             keys(&sorted),
             vec![
@@ -240,6 +245,12 @@ mod tests {
             ]
         );
         assert_eq!(sorted.cell(1, 3), None);
+        let data = sorted.data.as_ptr();
+        assert_eq!(
+            sorted.into_sorted().data.as_ptr(),
+            data,
+            "a sorted page is kept"
+        );
         page.remove_first(4);
         assert_eq!(keys(&page), vec![(1, 1, Some(10)), (2, 3, Some(30))]);
         page.remove_first(2);
