@@ -32,8 +32,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
 use crate::event::{
-    Event, EventLimits, LogEntry, LogEntryBorrowed, LogEntryRef, RowChunk, ValueBorrowed,
-    check_event, event_from_json,
+    Event, EventLimits, LogEntry, LogEntryBorrowed, RowChunk, ValueBorrowed, check_event,
+    event_from_json, wire,
 };
 use crate::time::{Clock, SystemClock};
 use crate::value::{FieldType, Value};
@@ -1127,7 +1127,7 @@ fn decode_parallel<'a>(
     let decode = |part: &[(Lsn, usize, usize)]| -> Result<Vec<(Lsn, LogEntryBorrowed<'a>)>> {
         part.iter()
             .map(|&(lsn, start, end)| {
-                codec::decode_borrowed(&buffer[start..end])
+                wire::decode_entry(&buffer[start..end])
                     .map(|entry| (lsn, entry))
                     .map_err(|source| Error::BadRecord { lsn, source })
             })
@@ -1141,6 +1141,43 @@ fn decode_parallel<'a>(
     let mut entries = front?;
     entries.extend(back?);
     Ok(entries)
+}
+
+/// A checkpoint with this many dirty entities encodes them on two threads.
+const PARALLEL_ENCODE_ENTITIES_MIN: usize = 512;
+
+/// Copy each entity's unpersisted rows (under its lock), sort them and encode them as
+/// chunks of at most `CHUNK_ROWS_MAX` rows, each keyed by its smallest LSN. Returns the
+/// entities with how many rows were encoded, and the chunks.
+#[allow(clippy::type_complexity, reason = "two lists, named at the caller")]
+fn encode_unpersisted(dirty: Vec<Dirty>) -> (Vec<(Dirty, usize)>, Vec<(Vec<u8>, Vec<u8>)>) {
+    let mut written = Vec::with_capacity(dirty.len());
+    let mut chunks = Vec::with_capacity(dirty.len());
+    for entity in dirty {
+        let rows = {
+            let guard = entity.slot.lock();
+            let state = guard.as_ref().expect("dirty entities are in memory");
+            state.unpersisted.clone()
+        };
+        let rows = rows.into_sorted();
+        let strings = entity.stream.strings.read();
+        for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
+            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
+            let first = range.clone().map(|row| rows.lsn(row)).min();
+            let first = first.expect("chunk ranges are not empty");
+            let view = chunk::ChunkView {
+                rows: &rows,
+                range,
+                types: &entity.stream.field_types,
+                strings: &strings,
+            };
+            let key = chunk_key(entity.stream.id, &entity.name, first);
+            chunks.push((key, view.encode()));
+        }
+        drop(strings);
+        written.push((entity, rows.len()));
+    }
+    (written, chunks)
 }
 
 /// What opening reads from the state store before replaying the log's tail.
@@ -1334,14 +1371,14 @@ impl Inner {
         let mut buffer = Vec::with_capacity(events.len() * 64);
         let mut ends = Vec::with_capacity(events.len());
         for e in events {
-            let entry = LogEntryRef::Event {
-                stream: stream.id,
-                entity: &e.entity,
-                time_ms: e.time_ms,
-                id: e.id.as_deref(),
-                values: &e.values,
-            };
-            codec::encode_into(&entry, &mut buffer).expect("log entries encode");
+            wire::encode_event(
+                &mut buffer,
+                stream.id,
+                &e.entity,
+                e.time_ms,
+                e.id.as_deref(),
+                &e.values,
+            );
             ends.push(buffer.len());
         }
         let payload = |i: usize| &buffer[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
@@ -1550,12 +1587,14 @@ impl Inner {
                 break;
             };
             let decoded = decode_parallel(&buffer, &records)?;
-            let mut events: Vec<(Lsn, LogEntryBorrowed<'_>)> = Vec::with_capacity(records.len());
-            for (lsn, entry) in decoded {
+            // The events between two catalog changes are applied together.
+            let mut events_from = 0;
+            for (at, (lsn, entry)) in decoded.iter().enumerate() {
+                let lsn = *lsn;
                 match entry {
-                    LogEntryBorrowed::Event { .. } => events.push((lsn, entry)),
+                    LogEntryBorrowed::Event { .. } => continue,
                     LogEntryBorrowed::Definitions(definitions) => {
-                        self.apply_events_parallel(&std::mem::take(&mut events))?;
+                        self.apply_events_parallel(&decoded[events_from..at])?;
                         let mut definitions = definitions.clone();
                         for feature in &mut definitions.features {
                             feature.recanonicalize_filter()?;
@@ -1568,16 +1607,17 @@ impl Inner {
                         }
                     }
                     LogEntryBorrowed::RemoveFeatures(names) => {
-                        self.apply_events_parallel(&std::mem::take(&mut events))?;
+                        self.apply_events_parallel(&decoded[events_from..at])?;
                         let mut registry = self.registry.write();
                         if lsn > registry.catalog_lsn {
-                            registry.remove(&names);
+                            registry.remove(names);
                             registry.catalog_lsn = lsn;
                         }
                     }
                 }
+                events_from = at + 1;
             }
-            self.apply_events_parallel(&events)?;
+            self.apply_events_parallel(&decoded[events_from..])?;
             count += records.len() as u64;
             self.applied.complete(self.applied.end(), last + 1);
             if self.unpersisted_events.load(Ordering::Relaxed) >= self.options.checkpoint_events {
@@ -1622,10 +1662,7 @@ impl Inner {
             }
             // Here rather than after the join: one worker adds its ids while the other
             // may still be applying.
-            let mut ids = self.ingest.lock();
-            ids.warm(applied.ids.iter().copied());
-            ids.extend(applied.ids.iter().copied());
-            drop(ids);
+            self.ingest.lock().insert_many(applied.ids.iter().copied());
             Ok(applied)
         };
         let (first, second) = std::thread::scope(|scope| {
@@ -1669,38 +1706,33 @@ impl Inner {
         // in memory) until the commit; then the rows written, the first ones, are removed,
         // whatever was appended after them meanwhile (checkpoints run one at a time, and
         // an entity is listed once: appends list it only when they find it clean).
-        let mut written: Vec<(Dirty, usize)> = Vec::with_capacity(dirty.len());
-        let mut chunks = Vec::with_capacity(dirty.len());
-        for entity in dirty {
-            let rows = {
-                let guard = entity.slot.lock();
-                let state = guard.as_ref().expect("dirty entities are in memory");
-                state.unpersisted.clone()
-            };
-            let rows = rows.into_sorted();
-            let strings = entity.stream.strings.read();
-            for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
-                let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
-                let first = range.clone().map(|row| rows.lsn(row)).min();
-                let first = first.expect("chunk ranges are not empty");
-                let view = chunk::ChunkView {
-                    rows: &rows,
-                    range,
-                    types: &entity.stream.field_types,
-                    strings: &strings,
-                };
-                let key = chunk_key(entity.stream.id, &entity.name, first);
-                chunks.push((key, codec::encode(&view).expect("chunks encode")));
-            }
-            drop(strings);
-            written.push((entity, rows.len()));
-        }
+        let (written, chunks) = if dirty.len() < PARALLEL_ENCODE_ENTITIES_MIN {
+            encode_unpersisted(dirty)
+        } else {
+            // Half each on two threads (a replay's checkpoints, a backlog of ingest).
+            let mut first = dirty;
+            let second = first.split_off(first.len() / 2);
+            let (mut a, b) = std::thread::scope(|scope| {
+                let b = scope.spawn(|| encode_unpersisted(second));
+                (
+                    encode_unpersisted(first),
+                    b.join().expect("checkpoint encoder panicked"),
+                )
+            });
+            a.0.extend(b.0);
+            a.1.extend(b.1);
+            a
+        };
         let events: usize = written.iter().map(|&(_, rows)| rows).sum();
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
             self.log.sync()?;
-            let mut batch = self.state.batch();
+            // Keys, values, their checksums and RocksDB's few bytes per write.
+            let bytes: usize = chunks.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+            let mut batch = self
+                .state
+                .batch_with_capacity(bytes + ids.len() * 16 + 4096);
             for (key, value) in &chunks {
                 batch.put(Table::Events, key, value);
             }

@@ -11,6 +11,8 @@ use crate::catalog::{Definitions, StreamDef};
 use crate::time::{TimestampMs, check_range, parse_timestamp};
 use crate::value::{FieldType, Value};
 
+pub(crate) mod wire;
+
 /// Limits on event content, named with units.
 #[derive(Clone, Debug)]
 pub struct EventLimits {
@@ -330,29 +332,6 @@ pub enum LogEntry {
     RemoveFeatures(Vec<String>),
 }
 
-/// A borrowed [`LogEntry`] for encoding without copying: same variants, same fields, same
-/// order, so its bincode encoding is byte-identical (a test checks it).
-#[derive(Clone, Copy, Debug, Serialize)]
-pub(crate) enum LogEntryRef<'a> {
-    Event {
-        stream: u32,
-        entity: &'a str,
-        time_ms: i64,
-        id: Option<&'a str>,
-        values: &'a [Value],
-    },
-    #[allow(
-        dead_code,
-        reason = "mirrors LogEntry; definitions are encoded from LogEntry"
-    )]
-    Definitions(&'a Definitions),
-    #[allow(
-        dead_code,
-        reason = "mirrors LogEntry; removals are encoded from LogEntry"
-    )]
-    RemoveFeatures(&'a [String]),
-}
-
 /// A [`LogEntry`] decoded without copying strings (for replay): same variants, same fields.
 #[derive(Debug, Deserialize)]
 pub(crate) enum LogEntryBorrowed<'a> {
@@ -389,38 +368,4 @@ pub(crate) enum ValueBorrowed<'a> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RowChunk {
     pub(crate) rows: Vec<(i64, u64, Vec<Value>)>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The borrowed encoding is byte-identical to the owned one.
-    #[test]
-    fn borrowed_entry_encodes_like_owned() {
-        let values = vec![
-            Value::Float(1.5),
-            Value::Null,
-            Value::String("x".into()),
-            Value::Bool(true),
-        ];
-        let owned = LogEntry::Event {
-            stream: 3,
-            entity: "c42".into(),
-            time_ms: -5,
-            id: Some("t-1".into()),
-            values: values.clone(),
-        };
-        let borrowed = LogEntryRef::Event {
-            stream: 3,
-            entity: "c42",
-            time_ms: -5,
-            id: Some("t-1"),
-            values: &values,
-        };
-        let a = fsdb_storage::codec::encode(&owned).unwrap();
-        let b = fsdb_storage::codec::encode(&borrowed).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(fsdb_storage::codec::decode::<LogEntry>(&b).unwrap(), owned);
-    }
 }

@@ -123,3 +123,10 @@ pub fn check_query_params(input: &[u8]) {
     let Some(text) = text(input) else { return };
     let _ = crate::http::parse_features_query(text);
 }
+
+/// A log payload: the hand-written decoder of event records (`event::wire`) gives what
+/// bincode's serde decoding gives, the same entry or the same error; an event it decodes
+/// encodes back to the same bytes when they were written the canonical way.
+pub fn check_log_record(input: &[u8]) {
+    crate::event::wire::check_against_serde(input);
+}

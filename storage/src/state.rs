@@ -114,6 +114,8 @@ pub struct StateBatch<'a> {
     store: &'a StateStore,
     batch: WriteBatch,
     applied_lsn: Option<Lsn>,
+    /// Where each value is sealed before the batch copies it (one buffer, reused).
+    sealed: Vec<u8>,
 }
 
 impl std::fmt::Debug for StateBatch<'_> {
@@ -127,9 +129,13 @@ impl std::fmt::Debug for StateBatch<'_> {
 
 fn seal(value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CHECKSUM_BYTES + value.len());
+    seal_into(value, &mut out);
+    out
+}
+
+fn seal_into(value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
     out.extend_from_slice(value);
-    out
 }
 
 impl StateStore {
@@ -277,10 +283,17 @@ impl StateStore {
     }
 
     pub fn batch(&self) -> StateBatch<'_> {
+        self.batch_with_capacity(0)
+    }
+
+    /// A batch with room for about `bytes` of keys and values (a big checkpoint's batch
+    /// would otherwise grow, and copy itself, many times).
+    pub fn batch_with_capacity(&self, bytes: usize) -> StateBatch<'_> {
         StateBatch {
             store: self,
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(bytes),
             applied_lsn: None,
+            sealed: Vec::new(),
         }
     }
 
@@ -357,7 +370,9 @@ impl StateStore {
 
 impl StateBatch<'_> {
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
-        self.batch.put_cf(self.store.cf(table), key, seal(value));
+        self.sealed.clear();
+        seal_into(value, &mut self.sealed);
+        self.batch.put_cf(self.store.cf(table), key, &self.sealed);
     }
 
     pub fn delete(&mut self, table: Table, key: &[u8]) {

@@ -1,5 +1,5 @@
 //! The cargo-fuzz corpora of fsdb's parsers (`fuzz/corpus/{where_expr, definitions,
-//! event_json, csv, query_params}`), replayed on stable, each input also mutated a bounded
+//! event_json, csv, query_params, log_record}`), replayed on stable, each input also mutated a bounded
 //! number of times (byte flips, cuts, splices) so that CI fuzzes a little on every run.
 //! The checks are `fsdb::testing`'s, the same the fuzz targets run. The engine model's
 //! corpus is replayed as it is (each input opens a database), with a few random inputs.
@@ -136,4 +136,9 @@ fn engine_model() {
 #[test]
 fn feature_query_strings() {
     run("query_params", fsdb::testing::check_query_params);
+}
+
+#[test]
+fn log_records() {
+    run("log_record", fsdb::testing::check_log_record);
 }
