@@ -395,6 +395,28 @@ struct PreparedEvent<'a> {
     cells: &'a [Option<u64>],
 }
 
+/// An event of a replayed batch, as one replay worker holds it (its cells are in a buffer
+/// beside, from `cells` on).
+struct ReplayRow<'a> {
+    stream: u32,
+    /// Of the entity's name.
+    hash: u64,
+    entity: &'a str,
+    time_ms: i64,
+    lsn: Lsn,
+    cells: usize,
+}
+
+impl ReplayRow<'_> {
+    fn same_entity(&self, other: &ReplayRow<'_>) -> bool {
+        self.stream == other.stream && self.hash == other.hash && self.entity == other.entity
+    }
+}
+
+/// A replay adds the ids it applies to the id set once it holds this many: in bulk, a
+/// shard's new ids are merged with it in one pass (16 bytes each while they wait).
+const REPLAY_IDS_PENDING_MAX: usize = 1 << 20;
+
 /// What applying one batch of entries leaves for the checkpointer.
 #[derive(Default)]
 struct Applied {
@@ -404,8 +426,6 @@ struct Applied {
     ids: Vec<u128>,
     /// Events inserted.
     events: usize,
-    /// Reused buffer for an event's cells.
-    cells: Vec<Option<u64>>,
 }
 
 pub(crate) struct Inner {
@@ -1143,6 +1163,28 @@ fn decode_parallel<'a>(
     Ok(entries)
 }
 
+/// **The one apply.** Insert one event into its entity's state (locked by the caller) and
+/// keep it for the next checkpoint; `false`, and no change, if the state already has it.
+/// Ingest ([`Inner::apply_prepared`]) and replay ([`Inner::apply_entity_events`]) both come
+/// here; nothing else adds events to state.
+fn apply_to(state: &mut EntityState, time_ms: i64, lsn: Lsn, cells: &[Option<u64>]) -> bool {
+    // A complete state knows every event (its run); a partial one only those not yet
+    // persisted: it cannot tell a replayed event that is already persisted, and persists it
+    // again; loading merges the two (`lock_loaded`, `load`).
+    let new = !state.history_loaded || state.run.insert(time_ms, lsn, cells);
+    if new {
+        // A partial state takes an event applied twice twice: loading and the state digest
+        // merge repeats (it does not happen in one process: each LSN is applied once).
+        state.unpersisted.push(time_ms, lsn, cells);
+        for cached in &mut state.latest {
+            if cached.as_mut().is_some_and(|c| !c.after_insert(time_ms)) {
+                *cached = None;
+            }
+        }
+    }
+    new
+}
+
 /// A checkpoint with this many dirty entities encodes them on two threads.
 const PARALLEL_ENCODE_ENTITIES_MIN: usize = 512;
 
@@ -1446,38 +1488,6 @@ impl Inner {
         })
     }
 
-    /// **The one apply.** Insert one event into its entity's run and remember it for the
-    /// next checkpoint. Ingest and replay both call this; nothing else changes state.
-    /// Idempotent: an event already present changes nothing.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the fields of one event, borrowed"
-    )]
-    fn apply_event(
-        &self,
-        stream: &Arc<StreamState>,
-        lsn: Lsn,
-        entity: &str,
-        time_ms: i64,
-        id_hash: Option<u128>,
-        values: &[impl EventValue],
-        applied: &mut Applied,
-    ) -> Result<()> {
-        let mut cells = std::mem::take(&mut applied.cells);
-        cells.clear();
-        let slot = self.prepare_event(stream, entity, values, &mut cells)?;
-        let event = PreparedEvent {
-            entity,
-            time_ms,
-            id_hash,
-            slot: &slot,
-            cells: &cells,
-        };
-        self.apply_prepared(stream, lsn, event, applied);
-        applied.cells = cells;
-        Ok(())
-    }
-
     /// The part of applying an event that changes nothing a reader can see, and may run
     /// before the event is durable: its cells (strings interned) appended to `cells`, and
     /// its entity's slot (created empty if the entity is new: an empty slot reads as an
@@ -1495,7 +1505,7 @@ impl Inner {
             .expect("created on demand"))
     }
 
-    /// The rest of [`Inner::apply_event`]: insert the prepared event.
+    /// Apply one prepared event (ingest): [`apply_to`] under its entity's lock.
     fn apply_prepared(
         &self,
         stream: &Arc<StreamState>,
@@ -1510,36 +1520,52 @@ impl Inner {
             slot,
             cells,
         } = event;
-        {
-            // A complete state knows every event (its run); a partial one only those not
-            // yet persisted: it cannot tell a replayed event that is already persisted, and
-            // persists it again; loading merges the two (`lock_loaded`, `load`).
-            let mut state = stream.lock_for_append(slot);
-            let new = !state.history_loaded || state.run.insert(time_ms, lsn, cells);
-            let was_clean = state.unpersisted.len() == 0;
-            if new {
-                // A partial state takes an event applied twice twice: loading and the
-                // state digest merge repeats (it does not happen in one process: each LSN
-                // is applied once).
-                state.unpersisted.push(time_ms, lsn, cells);
-                if was_clean {
-                    applied.newly_dirty.push(Dirty {
-                        stream: Arc::clone(stream),
-                        name: entity.into(),
-                        slot: Arc::clone(slot),
-                    });
-                }
-                for cached in &mut state.latest {
-                    if cached.as_mut().is_some_and(|c| !c.after_insert(time_ms)) {
-                        *cached = None;
-                    }
-                }
-                applied.events += 1;
+        let mut state = stream.lock_for_append(slot);
+        let was_clean = state.unpersisted.len() == 0;
+        if apply_to(&mut state, time_ms, lsn, cells) {
+            applied.events += 1;
+            if was_clean {
+                applied.newly_dirty.push(Dirty {
+                    stream: Arc::clone(stream),
+                    name: entity.into(),
+                    slot: Arc::clone(slot),
+                });
             }
         }
+        drop(state);
         if let Some(hash) = id_hash {
             applied.ids.push(hash);
         }
+    }
+
+    /// Apply events of one entity, in this order (replay), given as (time, LSN, cells):
+    /// [`apply_to`] for each, under one lock of the entity.
+    fn apply_entity_events<'c>(
+        &self,
+        stream: &Arc<StreamState>,
+        entity: &str,
+        events: impl Iterator<Item = (i64, Lsn, &'c [Option<u64>])>,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        let slot = stream
+            .entity(entity, &self.state, true)?
+            .expect("created on demand");
+        let mut state = stream.lock_for_append(&slot);
+        let was_clean = state.unpersisted.len() == 0;
+        let mut inserted = 0;
+        for (time_ms, lsn, cells) in events {
+            inserted += usize::from(apply_to(&mut state, time_ms, lsn, cells));
+        }
+        drop(state);
+        applied.events += inserted;
+        if was_clean && inserted > 0 {
+            applied.newly_dirty.push(Dirty {
+                stream: Arc::clone(stream),
+                name: entity.into(),
+                slot,
+            });
+        }
+        Ok(())
     }
 
     /// Give what a batch applied to the checkpointer (before the batch is marked applied:
@@ -1572,6 +1598,8 @@ impl Inner {
         let mut count = 0u64;
         let mut buffer: Vec<u8> = Vec::new();
         let mut records: Vec<(Lsn, usize, usize)> = Vec::with_capacity(BATCH_RECORDS);
+        // Ids applied, not yet in the id set (nothing reads it during a replay).
+        let mut ids: Vec<u128> = Vec::new();
         loop {
             buffer.clear();
             records.clear();
@@ -1594,7 +1622,7 @@ impl Inner {
                 match entry {
                     LogEntryBorrowed::Event { .. } => continue,
                     LogEntryBorrowed::Definitions(definitions) => {
-                        self.apply_events_parallel(&decoded[events_from..at])?;
+                        self.apply_events_parallel(&decoded[events_from..at], &mut ids)?;
                         let mut definitions = definitions.clone();
                         for feature in &mut definitions.features {
                             feature.recanonicalize_filter()?;
@@ -1607,7 +1635,7 @@ impl Inner {
                         }
                     }
                     LogEntryBorrowed::RemoveFeatures(names) => {
-                        self.apply_events_parallel(&decoded[events_from..at])?;
+                        self.apply_events_parallel(&decoded[events_from..at], &mut ids)?;
                         let mut registry = self.registry.write();
                         if lsn > registry.catalog_lsn {
                             registry.remove(names);
@@ -1617,7 +1645,10 @@ impl Inner {
                 }
                 events_from = at + 1;
             }
-            self.apply_events_parallel(&decoded[events_from..])?;
+            self.apply_events_parallel(&decoded[events_from..], &mut ids)?;
+            if ids.len() >= REPLAY_IDS_PENDING_MAX {
+                self.ingest.lock().insert_many(ids.drain(..));
+            }
             count += records.len() as u64;
             self.applied.complete(self.applied.end(), last + 1);
             if self.unpersisted_events.load(Ordering::Relaxed) >= self.options.checkpoint_events {
@@ -1627,18 +1658,33 @@ impl Inner {
                 self.evict();
             }
         }
+        self.ingest.lock().insert_many(ids);
         Ok(count)
     }
 
-    /// Apply decoded event records on two threads, split by entity; hand the results over.
-    fn apply_events_parallel(&self, events: &[(Lsn, LogEntryBorrowed<'_>)]) -> Result<()> {
+    /// Apply decoded event records on two threads, split by entity; hand the results over,
+    /// and add the hashes of their ids to `ids` (for the caller to add to the id set).
+    fn apply_events_parallel(
+        &self,
+        events: &[(Lsn, LogEntryBorrowed<'_>)],
+        ids: &mut Vec<u128>,
+    ) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let streams = self.registry.read().streams.clone();
-        let half_of = |entity: &str| xxhash_rust::xxh3::xxh3_64(entity.as_bytes()) & 1;
+        let bad_record = |lsn: Lsn| Error::BadRecord {
+            lsn,
+            source: codec::CodecError::TrailingBytes { trailing: 0 },
+        };
         let work = |half: u64| -> Result<Applied> {
             let mut applied = Applied::default();
+            // In log order: this half's events (by a hash of the entity) as rows, their
+            // cells, their ids. Strings are interned through a cache of the batch's own:
+            // the stream's table is shared with the other worker.
+            let mut rows: Vec<ReplayRow<'_>> = Vec::with_capacity(events.len() / 2 + 16);
+            let mut cells: Vec<Option<u64>> = Vec::new();
+            let mut interned: FxHashMap<(u32, &str), u64> = FxHashMap::default();
             for (lsn, entry) in events {
                 let LogEntryBorrowed::Event {
                     stream,
@@ -1650,19 +1696,59 @@ impl Inner {
                 else {
                     unreachable!("definitions are applied in order, not here")
                 };
-                if half_of(entity) != half {
+                let hash = xxhash_rust::xxh3::xxh3_64(entity.as_bytes());
+                if hash & 1 != half {
                     continue;
                 }
-                let state = streams.get(*stream as usize).ok_or(Error::BadRecord {
+                let state = streams.get(*stream as usize).ok_or(bad_record(*lsn))?;
+                if values.len() != state.field_types.len() {
+                    return Err(bad_record(*lsn));
+                }
+                rows.push(ReplayRow {
+                    stream: *stream,
+                    hash,
+                    entity,
+                    time_ms: *time_ms,
                     lsn: *lsn,
-                    source: codec::CodecError::TrailingBytes { trailing: 0 },
-                })?;
-                let hash = id.map(|id| dedup_hash(*stream, id));
-                self.apply_event(state, *lsn, entity, *time_ms, hash, values, &mut applied)?;
+                    cells: cells.len(),
+                });
+                cells.extend(values.iter().map(|value| {
+                    match value {
+                        ValueBorrowed::String(s) => Some(
+                            *interned
+                                .entry((*stream, s))
+                                .or_insert_with(|| u64::from(state.strings.intern(s).0)),
+                        ),
+                        other => other.cell(&state.strings),
+                    }
+                }));
+                if let Some(id) = id {
+                    applied.ids.push(dedup_hash(*stream, id));
+                }
             }
-            // Here rather than after the join: one worker adds its ids while the other
-            // may still be applying.
-            self.ingest.lock().insert_many(applied.ids.iter().copied());
+            // Each entity's events together, in log order: sorted by (stream, hash, log
+            // order). Entities whose hashes collide interleave, and make groups of their own.
+            let mut order: Vec<(u32, u64, u32)> = (rows.iter().enumerate())
+                .map(|(at, row)| (row.stream, row.hash, at as u32))
+                .collect();
+            order.sort_unstable();
+            let mut rest = order.as_slice();
+            while let Some(&(_, _, first)) = rest.first() {
+                let head = &rows[first as usize];
+                let len = rest
+                    .iter()
+                    .take_while(|&&(_, _, at)| head.same_entity(&rows[at as usize]))
+                    .count();
+                let (group, tail) = rest.split_at(len);
+                rest = tail;
+                let stream = &streams[head.stream as usize];
+                let columns = stream.field_types.len();
+                let group = group.iter().map(|&(_, _, at)| {
+                    let row = &rows[at as usize];
+                    (row.time_ms, row.lsn, &cells[row.cells..row.cells + columns])
+                });
+                self.apply_entity_events(stream, head.entity, group, &mut applied)?;
+            }
             Ok(applied)
         };
         let (first, second) = std::thread::scope(|scope| {
@@ -1671,6 +1757,7 @@ impl Inner {
             (mine, other.join().expect("replay worker panicked"))
         });
         for applied in [first?, second?] {
+            ids.extend_from_slice(&applied.ids);
             self.hand_over(applied);
         }
         Ok(())

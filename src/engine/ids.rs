@@ -138,6 +138,9 @@ impl IdSet {
     /// are sorted into slot order, so each shard is walked once, front to back, and a shard
     /// they would fill past [`LOAD_MAX`] is rebuilt once, at its final size, instead of
     /// growing step by step.
+    ///
+    /// From [`PARALLEL_INSERT_MIN`] ids on, the two halves of the shards are done on two
+    /// threads.
     pub(crate) fn insert_many(&mut self, ids: impl IntoIterator<Item = u128>) -> usize {
         let mut rotated: Vec<u128> = ids.into_iter().map(|id| id.rotate_left(64)).collect();
         let before = self.len;
@@ -145,16 +148,19 @@ impl IdSet {
             self.insert(0);
             rotated.retain(|&r| r != 0);
         }
-        // Shard order, then slot order within a shard.
-        rotated.sort_unstable_by_key(|&r| (shard_of(r.rotate_right(64)), r));
-        rotated.dedup();
-        let mut rest = rotated.as_slice();
-        while let Some(&first) = rest.first() {
-            let index = shard_of(first.rotate_right(64));
-            let end = rest.partition_point(|&r| shard_of(r.rotate_right(64)) == index);
-            self.len += self.shards[index].insert_sorted(&rest[..end]);
-            rest = &rest[end..];
-        }
+        let half = SHARDS / 2;
+        self.len += if rotated.len() < PARALLEL_INSERT_MIN {
+            insert_into_shards(&mut self.shards, 0, rotated)
+        } else {
+            let (low, high): (Vec<u128>, Vec<u128>) = rotated
+                .into_iter()
+                .partition(|&r| shard_of(r.rotate_right(64)) < half);
+            let (low_shards, high_shards) = self.shards.split_at_mut(half);
+            std::thread::scope(|scope| {
+                let high = scope.spawn(|| insert_into_shards(high_shards, half, high));
+                insert_into_shards(low_shards, 0, low) + high.join().expect("id insert panicked")
+            })
+        };
         self.len - before
     }
 
@@ -162,6 +168,26 @@ impl IdSet {
     pub(crate) fn heap_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.slots.capacity() * 16).sum()
     }
+}
+
+/// Ids at which [`IdSet::insert_many`] uses two threads.
+const PARALLEL_INSERT_MIN: usize = 1 << 16;
+
+/// Insert `rotated` (nonzero, any order, repeats allowed) into `shards`, the shards from
+/// number `first` on, which hold all of them; returns how many were absent.
+fn insert_into_shards(shards: &mut [Shard], first: usize, mut rotated: Vec<u128>) -> usize {
+    // Shard order, then slot order within a shard.
+    rotated.sort_unstable_by_key(|&r| (shard_of(r.rotate_right(64)), r));
+    rotated.dedup();
+    let mut added = 0;
+    let mut rest = rotated.as_slice();
+    while let Some(&r) = rest.first() {
+        let index = shard_of(r.rotate_right(64));
+        let end = rest.partition_point(|&r| shard_of(r.rotate_right(64)) == index);
+        added += shards[index - first].insert_sorted(&rest[..end]);
+        rest = &rest[end..];
+    }
+    added
 }
 
 impl Extend<u128> for IdSet {
@@ -429,7 +455,21 @@ mod tests {
             check(&set);
             assert_eq!(set.len(), model.len());
         }
-        for &id in all.iter().chain(&ids(22, 20_000)).chain([&0, &1]) {
+        // Past PARALLEL_INSERT_MIN: both halves of the shards at once, on two threads.
+        let mut big = ids(24, 100_000);
+        big.extend_from_slice(&all[..1000]);
+        big.extend_from_within(..500);
+        assert!(big.len() >= PARALLEL_INSERT_MIN);
+        let expected = big.iter().filter(|&&id| model.insert(id)).count();
+        assert_eq!(set.insert_many(big), expected);
+        check(&set);
+        assert_eq!(set.len(), model.len());
+        for &id in all
+            .iter()
+            .chain(&ids(22, 20_000))
+            .chain(&ids(24, 1000))
+            .chain([&0, &1])
+        {
             assert_eq!(set.contains(id), model.contains(&id));
         }
         assert_eq!(set.insert_many(Vec::new()), 0);
