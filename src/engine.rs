@@ -27,7 +27,7 @@ use fsdb_storage::state::key::{KeyBuf, KeyReader};
 use fsdb_storage::state::{StateOptions, StateStore, Table};
 use fsdb_storage::{Durability, Log, LogOptions, Lsn};
 use parking_lot::{Condvar, Mutex, RwLock};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
@@ -1429,21 +1429,33 @@ impl Inner {
             .map(|e| e.id.as_deref().map(|id| dedup_hash(stream.id, id)))
             .collect();
 
-        // Decide duplicates and write, in one order.
+        // The log's limits, checked first: past this, writing the batch fails only on an
+        // I/O error, and that poisons the log.
+        self.log
+            .check_batch(&(0..events.len()).map(payload).collect::<Vec<_>>())?;
+
+        // Decide duplicates and write, in one order: an id is taken by adding it (a repeat
+        // within the batch finds it added). If the write then fails, the batch's ids stay
+        // in the set without their events; the log is poisoned, and every append from then
+        // on stops here, before deciding anything, until a reopen rebuilds the set.
         let (accepted, first_lsn, end_lsn) = {
             let mut ids = self.ingest.lock();
+            self.log.check_writable()?;
             ids.warm(hashes.iter().flatten().copied());
-            let mut batch_ids = FxHashSet::default();
             let accepted: Vec<usize> = (0..events.len())
-                .filter(|&i| hashes[i].is_none_or(|h| !ids.contains(h) && batch_ids.insert(h)))
+                .filter(|&i| hashes[i].is_none_or(|h| ids.insert(h)))
                 .collect();
             if accepted.is_empty() {
                 let end = self.log.end_lsn();
                 (accepted, end, end)
             } else {
                 let batch: Vec<&[u8]> = accepted.iter().map(|&i| payload(i)).collect();
-                let appended = self.log.write(&batch)?;
-                ids.extend(batch_ids);
+                let appended = self.log.write(&batch).inspect_err(|_| {
+                    assert!(
+                        self.log.poisoned().is_some(),
+                        "a failed write poisons the log"
+                    );
+                })?;
                 (accepted, appended.first_lsn, appended.end_lsn())
             }
         };

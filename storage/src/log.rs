@@ -397,8 +397,17 @@ impl Log {
 
     /// Write a batch without waiting for it to be durable; pair with [`Log::wait_durable`].
     /// Lets a caller release its own locks before the (shared) fsync.
+    ///
+    /// A batch [`Log::check_batch`] accepts fails to write only on an I/O error, and that
+    /// poisons the log (so does any error of a log already poisoned).
     pub fn write<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Appended, LogError> {
         writer::write(&self.shared, payloads)
+    }
+
+    /// Whether [`Log::write`] would take this batch (empty records, a record or the batch
+    /// over the limits are refused), without writing it.
+    pub fn check_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), LogError> {
+        writer::check_batch(&self.shared.options, payloads).map(|_| ())
     }
 
     /// Block until every record below `end` is durable (group commit: one fsync serves
@@ -448,6 +457,11 @@ impl Log {
     /// Why the writer is poisoned, if it is.
     pub fn poisoned(&self) -> Option<String> {
         self.shared.poison.cause()
+    }
+
+    /// `Err` if the writer is poisoned: what [`Log::write`] would return, without a batch.
+    pub fn check_writable(&self) -> Result<(), LogError> {
+        self.shared.poison.check()
     }
 
     /// Read records in LSN order from `from`.

@@ -243,6 +243,11 @@ fn io_faults_poison_the_engine_and_lose_nothing_acknowledged() {
                         db.append_json("ev", &batch(batches)).is_err(),
                         "{context}: an append after the failure was accepted"
                     );
+                    // Nor is the failed batch again taken for duplicates of itself.
+                    assert!(
+                        db.append_json("ev", &batch(acknowledged)).is_err(),
+                        "{context}: the failed batch, appended again, was accepted"
+                    );
                     // Reads keep working, and show exactly what was acknowledged: the failed
                     // batch was never applied (durable before visible).
                     assert_eq!(

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use super::format::{
     self, FRAME_HEADER_BYTES, FrameHeader, HEADER_BYTES, SegmentHeader, TRAILER_BYTES, Trailer,
 };
-use super::{Appended, Durability, LogError, Lsn, Position, Segment, SegmentState, Shared};
+use super::{
+    Appended, Durability, LogError, LogOptions, Lsn, Position, Segment, SegmentState, Shared,
+};
 use crate::io::{OpenMode, VfsFile, child};
 
 pub(crate) struct Writer {
@@ -104,8 +106,12 @@ impl Drop for Announced {
     }
 }
 
-pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<Appended, LogError> {
-    let options = &shared.options;
+/// Check a batch against the limits (`LogOptions`); returns its size in bytes, frames
+/// included. What it refuses, [`write`] refuses without changing anything.
+pub(crate) fn check_batch<P: AsRef<[u8]>>(
+    options: &LogOptions,
+    payloads: &[P],
+) -> Result<u64, LogError> {
     let mut batch_bytes = 0u64;
     for (index, payload) in payloads.iter().enumerate() {
         let len = payload.as_ref().len();
@@ -132,7 +138,12 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
             bytes_max: options.batch_bytes_max,
         });
     }
+    Ok(batch_bytes)
+}
 
+pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<Appended, LogError> {
+    let options = &shared.options;
+    let batch_bytes = check_batch(options, payloads)?;
     let appended = {
         let mut guard = shared.writer.lock();
         let w = &mut *guard;
