@@ -1724,22 +1724,25 @@ impl Inner {
                     lsn: *lsn,
                     cells: cells.len(),
                 });
-                cells.extend(values.iter().map(|value| {
-                    match value {
+                for value in values {
+                    cells.push(match value {
                         ValueBorrowed::String(s) => Some(
                             *interned
                                 .entry((*stream, s))
                                 .or_insert_with(|| u64::from(state.strings.intern(s).0)),
                         ),
+                        // No stream has list fields: a record with one is corrupt.
+                        ValueBorrowed::List(_) => return Err(bad_record(*lsn)),
                         other => other.cell(&state.strings),
-                    }
-                }));
+                    });
+                }
                 if let Some(id) = id {
                     applied.ids.push(dedup_hash(*stream, id));
                 }
             }
             // Each entity's events together, in log order: sorted by (stream, hash, log
             // order). Entities whose hashes collide interleave, and make groups of their own.
+            debug_assert!(rows.len() <= u32::MAX as usize, "a replay batch is smaller");
             let mut order: Vec<(u32, u64, u32)> = (rows.iter().enumerate())
                 .map(|(at, row)| (row.stream, row.hash, at as u32))
                 .collect();
