@@ -1826,6 +1826,10 @@ impl Inner {
             a
         };
         let events: usize = written.iter().map(|&(_, rows)| rows).sum();
+        // In key order: RocksDB's memtable inserts a key next to the one before it cheaply,
+        // a key elsewhere by a search from the top of its skip list.
+        let mut chunks = chunks;
+        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let result = (|| {
             // Events are applied only after their log write; make those writes durable
             // before state that reflects them is (in NoSync and Interval modes).
