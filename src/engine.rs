@@ -271,34 +271,16 @@ impl Cached {
 /// `None` while the entity is being loaded from the state store.
 pub(crate) type EntitySlot = Arc<Mutex<Option<EntityState>>>;
 
-/// A field value of an event as the engine stores it: 8 raw bytes, or null.
-pub(crate) trait EventValue {
-    fn cell(&self, strings: &StringTable) -> Option<u64>;
-}
-
-impl EventValue for Value {
-    fn cell(&self, strings: &StringTable) -> Option<u64> {
-        match self {
-            Value::Null => None,
-            Value::Int(i) => Some(*i as u64),
-            Value::Float(f) => Some(f.to_bits()),
-            Value::String(s) => Some(u64::from(strings.intern(s).0)),
-            Value::Bool(b) => Some(u64::from(*b)),
-            Value::List(_) => unreachable!("events carry no lists"),
-        }
-    }
-}
-
-impl EventValue for ValueBorrowed<'_> {
-    fn cell(&self, strings: &StringTable) -> Option<u64> {
-        match self {
-            ValueBorrowed::Null => None,
-            ValueBorrowed::Int(i) => Some(*i as u64),
-            ValueBorrowed::Float(f) => Some(f.to_bits()),
-            ValueBorrowed::String(s) => Some(u64::from(strings.intern(s).0)),
-            ValueBorrowed::Bool(b) => Some(u64::from(*b)),
-            ValueBorrowed::List(_) => unreachable!("events carry no lists"),
-        }
+/// A field value of a validated event as the engine stores it: 8 raw bytes, or null.
+/// (Replay converts decoded values itself, checking each against its field's type.)
+fn cell(value: &Value, strings: &StringTable) -> Option<u64> {
+    match value {
+        Value::Null => None,
+        Value::Int(i) => Some(*i as u64),
+        Value::Float(f) => Some(f.to_bits()),
+        Value::String(s) => Some(u64::from(strings.intern(s).0)),
+        Value::Bool(b) => Some(u64::from(*b)),
+        Value::List(_) => unreachable!("validated events carry no lists"),
     }
 }
 
@@ -514,8 +496,8 @@ impl StreamState {
     }
 
     /// The raw cells of an event's values (interning strings), appended to `cells`.
-    fn cells_into<V: EventValue>(&self, values: &[V], cells: &mut Vec<Option<u64>>) {
-        cells.extend(values.iter().map(|v| v.cell(&self.strings)));
+    fn cells_into(&self, values: &[Value], cells: &mut Vec<Option<u64>>) {
+        cells.extend(values.iter().map(|v| cell(v, &self.strings)));
     }
 
     /// The entity's slot; with `create`, an entity not yet in memory gets a slot (loaded on
@@ -1508,7 +1490,7 @@ impl Inner {
         &self,
         stream: &StreamState,
         entity: &str,
-        values: &[impl EventValue],
+        values: &[Value],
         cells: &mut Vec<Option<u64>>,
     ) -> Result<EntitySlot> {
         stream.cells_into(values, cells);
@@ -1685,10 +1667,7 @@ impl Inner {
             return Ok(());
         }
         let streams = self.registry.read().streams.clone();
-        let bad_record = |lsn: Lsn| Error::BadRecord {
-            lsn,
-            source: codec::CodecError::TrailingBytes { trailing: 0 },
-        };
+
         let work = |half: u64| -> Result<Applied> {
             let mut applied = Applied::default();
             // In log order: this half's events (by a hash of the entity) as rows, their
@@ -1712,9 +1691,10 @@ impl Inner {
                 if hash & 1 != half {
                     continue;
                 }
-                let state = streams.get(*stream as usize).ok_or(bad_record(*lsn))?;
+                let mismatch = |reason| Error::RecordMismatch { lsn: *lsn, reason };
+                let state = (streams.get(*stream as usize)).ok_or(mismatch("no such stream"))?;
                 if values.len() != state.field_types.len() {
-                    return Err(bad_record(*lsn));
+                    return Err(mismatch("not as many values as its stream has fields"));
                 }
                 rows.push(ReplayRow {
                     stream: *stream,
@@ -1724,16 +1704,18 @@ impl Inner {
                     lsn: *lsn,
                     cells: cells.len(),
                 });
-                for value in values {
-                    cells.push(match value {
-                        ValueBorrowed::String(s) => Some(
+                for (value, field_type) in values.iter().zip(&state.field_types) {
+                    cells.push(match (value, field_type) {
+                        (ValueBorrowed::Null, _) => None,
+                        (ValueBorrowed::Int(i), FieldType::Int) => Some(*i as u64),
+                        (ValueBorrowed::Float(f), FieldType::Float) => Some(f.to_bits()),
+                        (ValueBorrowed::Bool(b), FieldType::Bool) => Some(u64::from(*b)),
+                        (ValueBorrowed::String(s), FieldType::String) => Some(
                             *interned
                                 .entry((*stream, s))
                                 .or_insert_with(|| u64::from(state.strings.intern(s).0)),
                         ),
-                        // No stream has list fields: a record with one is corrupt.
-                        ValueBorrowed::List(_) => return Err(bad_record(*lsn)),
-                        other => other.cell(&state.strings),
+                        _ => return Err(mismatch("a value not of its field's type")),
                     });
                 }
                 if let Some(id) = id {

@@ -43,6 +43,9 @@ pub enum Error {
         #[source]
         source: CodecError,
     },
+    /// A record that decodes but does not fit the catalog it is replayed against.
+    #[error("log record {lsn} does not fit the catalog: {reason}")]
+    RecordMismatch { lsn: Lsn, reason: &'static str },
     #[error("state row {key:02x?} cannot be decoded: {reason}")]
     BadStateRow { key: Vec<u8>, reason: String },
     #[error(

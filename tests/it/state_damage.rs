@@ -225,3 +225,46 @@ fn damaged_state_is_rebuilt_or_refused_never_wrong() {
         "only the state ahead of the log refuses"
     );
 }
+
+/// A log record that decodes but does not fit the catalog (written by a buggy writer, or
+/// damaged within its checksum): opening refuses it with an error naming its LSN, rather
+/// than storing a value of the wrong kind or panicking.
+#[test]
+fn a_record_that_does_not_fit_its_stream_is_refused_on_replay() {
+    use fsdb::event::LogEntry;
+    use fsdb::{Error, Value};
+    let wrong: [(&str, Vec<Value>); 3] = [
+        ("a list value", vec![Value::List(vec![Value::Int(1)])]),
+        ("a value of another type", vec![Value::Float(1.5)]),
+        ("too many values", vec![Value::Int(1), Value::Int(2)]),
+    ];
+    for (what, values) in wrong {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), options()).unwrap();
+        db.apply(&ev_definitions(FEATURES)).unwrap();
+        ingest(&db, 0, 50);
+        db.close().unwrap();
+        let record = LogEntry::Event {
+            stream: 0,
+            entity: "k1".into(),
+            time_ms: 1_000,
+            id: None,
+            values,
+        };
+        let log =
+            fsdb_storage::Log::open(&dir.path().join("log"), fsdb_storage::LogOptions::default())
+                .unwrap();
+        let lsn = log
+            .append(&[fsdb_storage::codec::encode(&record).unwrap()])
+            .unwrap()
+            .first_lsn;
+        drop(log);
+        match Db::open(dir.path(), options()) {
+            Err(Error::RecordMismatch { lsn: at, reason }) => {
+                assert_eq!(at, lsn, "{what}: {reason}");
+            }
+            Err(other) => panic!("{what}: {other}"),
+            Ok(_) => panic!("{what}: opened"),
+        }
+    }
+}
