@@ -122,6 +122,21 @@ fn limits_are_enforced() {
         "{err}"
     );
     assert_eq!(log.end_lsn(), 1, "rejected batches wrote nothing");
+    // `check_batch` answers as `append` does, without writing.
+    let batches: [&[&[u8]]; 4] = [
+        &[b"ok", b""],
+        &[b"01234567890"],
+        &[b"a".as_slice(); 4],
+        &[b"a", b"0123456789"],
+    ];
+    for batch in batches {
+        let checked = log.check_batch(batch).map_err(|e| e.to_string());
+        assert_eq!(log.end_lsn(), 1);
+        let appended = log.append(batch).map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(checked, appended, "{batch:?}");
+    }
+    assert_eq!(log.end_lsn(), 3, "the last batch was within the limits");
+    assert!(log.check_writable().is_ok());
     assert!(
         Log::open_with(
             Arc::new(SimVfs::new()),
