@@ -89,6 +89,15 @@ const YEAR_MS: i64 = 365 * 86_400_000;
 const END: i64 = 1_790_000_000_000;
 const DAY: i64 = 86_400_000;
 
+/// The tests' options: the clock at `END`, no fsync; others set what they test.
+fn options() -> Options {
+    Options {
+        clock: Arc::new(ManualClock::new(END)),
+        durability: Durability::NoSync,
+        ..Options::default()
+    }
+}
+
 fn event(entity: &str, time_ms: i64, i: i64) -> Event {
     Event {
         entity: entity.into(),
@@ -129,12 +138,7 @@ fn work(db: &Db, entity: &str, names: &[&str], t: i64) -> QueryStats {
 #[test]
 fn query_work_is_bounded_by_window_shape_not_history() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        durability: Durability::NoSync,
-        clock: Arc::new(ManualClock::new(END)),
-        ..Options::default()
-    };
-    let db = Db::open(dir.path(), options).unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
     db.apply(DEFS).unwrap();
     load(&db, "heavy", 1_000_000);
     load(&db, "light", 1_000);
@@ -189,11 +193,6 @@ fn query_work_is_bounded_by_window_shape_not_history() {
 fn persisted_chunks_are_bounded_and_reload_exactly() {
     use fsdb_storage::state::{StateOptions, StateStore, Table};
     let dir = tempfile::tempdir().unwrap();
-    let options = || Options {
-        clock: Arc::new(ManualClock::new(END)),
-        durability: Durability::NoSync,
-        ..Options::default()
-    };
     let names = ["count_1h", "count_7d", "count_life", "sum_1h"];
     let times = [END - 5 * DAY, END - DAY / 3, END];
     let before: Vec<_> = {
@@ -243,10 +242,8 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     let db = Db::open(
         dir.path(),
         Options {
-            clock: Arc::new(ManualClock::new(END)),
-            durability: Durability::NoSync,
             cache_bytes_max: 1,
-            ..Options::default()
+            ..options()
         },
     )
     .unwrap();
@@ -278,15 +275,7 @@ fn appends_to_cold_entities_do_not_load_their_history() {
     // Read back under the default budget: with a budget of one byte, the checkpointer
     // (woken by the read) may evict the history before it is measured.
     drop(db);
-    let db = Db::open(
-        dir.path(),
-        Options {
-            clock: Arc::new(ManualClock::new(END)),
-            durability: Durability::NoSync,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
     let row = db.as_of("cold", &["count_life", "count_1d"], END).unwrap();
     assert_eq!(row.values, [Value::Int(22_001), Value::Int(200)]);
     assert!(
@@ -301,15 +290,7 @@ fn appends_to_cold_entities_do_not_load_their_history() {
 #[test]
 fn appends_to_cold_entities_leave_nothing_in_memory_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            clock: Arc::new(ManualClock::new(END)),
-            durability: Durability::NoSync,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
     db.apply(DEFS).unwrap();
     let events: Vec<_> = (0..100)
         .map(|i| event(&format!("e{i}"), END - DAY / 2, i))
@@ -338,12 +319,10 @@ fn reads_of_cold_entities_stay_near_the_cache_budget() {
     let db = Db::open(
         dir.path(),
         Options {
-            clock: Arc::new(ManualClock::new(END)),
-            durability: Durability::NoSync,
             cache_bytes_max: BUDGET,
             // Only reads can trigger an eviction pass in this test.
             checkpoint_interval_ms: 3_600_000,
-            ..Options::default()
+            ..options()
         },
     )
     .unwrap();
@@ -390,13 +369,11 @@ fn reads_of_cold_entities_stay_near_the_cache_budget() {
 #[test]
 fn a_replay_keeps_to_the_cache_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || Options {
-        clock: Arc::new(ManualClock::new(END)),
-        durability: Durability::NoSync,
+    let tiny_cache = || Options {
         cache_bytes_max: 1,
-        ..Options::default()
+        ..options()
     };
-    let db = Db::open(dir.path(), options()).unwrap();
+    let db = Db::open(dir.path(), tiny_cache()).unwrap();
     db.apply(DEFS).unwrap();
     for entity in 0..20 {
         load(&db, &format!("e{entity}"), 100);
@@ -405,7 +382,7 @@ fn a_replay_keeps_to_the_cache_budget() {
     db.close().unwrap();
     std::fs::remove_dir_all(dir.path().join("state")).unwrap();
 
-    let db = Db::open(dir.path(), options()).unwrap();
+    let db = Db::open(dir.path(), tiny_cache()).unwrap();
     assert!(db.open_report().replayed > 20 * 2_100);
     assert_eq!(db.cache_stats().entities_in_memory, 0);
     assert_eq!(db.as_of("e7", &["count_life"], END).unwrap(), expected);
