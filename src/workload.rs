@@ -419,6 +419,18 @@ pub fn append_events(
     events: impl IntoIterator<Item = (Stream, Event)>,
     batch_len: usize,
 ) -> crate::Result<()> {
+    for_each_batch(events, batch_len, |stream, batch| {
+        db.append(stream.name(), &batch).map(|_| ())
+    })
+}
+
+/// Cut `events` into batches of `batch_len` per stream, in generation order, and hand each
+/// to `take` as it fills (the last, partial batches at the end; no empty batch).
+fn for_each_batch<E>(
+    events: impl IntoIterator<Item = (Stream, Event)>,
+    batch_len: usize,
+    mut take: impl FnMut(Stream, Vec<Event>) -> Result<(), E>,
+) -> Result<(), E> {
     let (mut transactions, mut clicks) = (Vec::new(), Vec::new());
     for (stream, event) in events {
         let batch = match stream {
@@ -427,8 +439,7 @@ pub fn append_events(
         };
         batch.push(event);
         if batch.len() >= batch_len {
-            db.append(stream.name(), batch)?;
-            batch.clear();
+            take(stream, std::mem::take(batch))?;
         }
     }
     for (stream, batch) in [
@@ -436,7 +447,7 @@ pub fn append_events(
         (Stream::Clicks, clicks),
     ] {
         if !batch.is_empty() {
-            db.append(stream.name(), &batch)?;
+            take(stream, batch)?;
         }
     }
     Ok(())
@@ -448,19 +459,13 @@ pub fn batches(
     events: impl IntoIterator<Item = (Stream, Event)>,
     batch_len: usize,
 ) -> Vec<(&'static str, Vec<Event>)> {
-    let (mut out, mut transactions, mut clicks) = (Vec::new(), Vec::new(), Vec::new());
-    for (stream, event) in events {
-        let batch = match stream {
-            Stream::Transactions => &mut transactions,
-            Stream::Clicks => &mut clicks,
-        };
-        batch.push(event);
-        if batch.len() >= batch_len {
-            out.push((stream.name(), std::mem::take(batch)));
-        }
-    }
-    out.push((Stream::Transactions.name(), transactions));
-    out.push((Stream::Clicks.name(), clicks));
+    let mut out = Vec::new();
+    let done: Result<(), std::convert::Infallible> =
+        for_each_batch(events, batch_len, |stream, batch| {
+            out.push((stream.name(), batch));
+            Ok(())
+        });
+    let Ok(()) = done;
     out
 }
 
