@@ -4,7 +4,7 @@
 //! - **The log is the truth.** RocksDB state is a cache of a fold over the log:
 //!   `state == fold(apply, log[..=applied_lsn])`, committed atomically with `applied_lsn`.
 //!   Deleting the state directory and reopening rebuilds identical state.
-//! - **One apply.** `Inner::apply_event` is the only code that turns events into state
+//! - **One apply.** `apply_to` is the only code that turns events into state
 //!   (and `Registry::add` the only code that turns definitions into catalog); ingest,
 //!   recovery and full replay differ only in where entries come from.
 //! - **Durable before visible.** An event is applied (and so visible to queries) only after
@@ -31,10 +31,7 @@ use rustc_hash::FxHashMap;
 
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
-use crate::event::{
-    Event, EventLimits, LogEntry, LogEntryBorrowed, RowChunk, ValueBorrowed, check_event,
-    event_from_json, wire,
-};
+use crate::event::{Event, EventLimits, LogEntry, RowChunk, check_event, event_from_json, wire};
 use crate::time::{Clock, SystemClock};
 use crate::value::{FieldType, Value};
 
@@ -44,6 +41,7 @@ pub(crate) mod feature;
 pub(crate) mod ids;
 pub(crate) mod materialize;
 pub(crate) mod page;
+mod replay;
 pub(crate) mod strings;
 
 use entity::EntityRun;
@@ -376,28 +374,6 @@ struct PreparedEvent<'a> {
     slot: &'a EntitySlot,
     cells: &'a [Option<u64>],
 }
-
-/// An event of a replayed batch, as one replay worker holds it (its cells are in a buffer
-/// beside, from `cells` on).
-struct ReplayRow<'a> {
-    stream: u32,
-    /// Of the entity's name.
-    hash: u64,
-    entity: &'a str,
-    time_ms: i64,
-    lsn: Lsn,
-    cells: usize,
-}
-
-impl ReplayRow<'_> {
-    fn same_entity(&self, other: &ReplayRow<'_>) -> bool {
-        self.stream == other.stream && self.hash == other.hash && self.entity == other.entity
-    }
-}
-
-/// A replay adds the ids it applies to the id set once it holds this many: in bulk, a
-/// shard's new ids are merged with it in one pass (16 bytes each while they wait).
-const REPLAY_IDS_PENDING_MAX: usize = 1 << 20;
 
 /// What applying one batch of entries leaves for the checkpointer.
 #[derive(Default)]
@@ -860,10 +836,6 @@ impl Db {
         });
         report.state_lsn = state_lsn;
         report.replayed = inner.replay_log(state_lsn + 1)?;
-        if report.replayed > 0 {
-            inner.checkpoint()?;
-            inner.evict();
-        }
         let checkpointer = {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()
@@ -1120,35 +1092,10 @@ fn droppable(slot: &EntitySlot) -> Option<parking_lot::MutexGuard<'_, Option<Ent
     (state.unpersisted.len() == 0).then_some(guard)
 }
 
-/// Decode a batch of log records (`(lsn, start, end)` into `buffer`) on two threads, each
-/// taking one half; the entries come back in log order.
-fn decode_parallel<'a>(
-    buffer: &'a [u8],
-    records: &[(Lsn, usize, usize)],
-) -> Result<Vec<(Lsn, LogEntryBorrowed<'a>)>> {
-    let decode = |part: &[(Lsn, usize, usize)]| -> Result<Vec<(Lsn, LogEntryBorrowed<'a>)>> {
-        part.iter()
-            .map(|&(lsn, start, end)| {
-                wire::decode_entry(&buffer[start..end])
-                    .map(|entry| (lsn, entry))
-                    .map_err(|source| Error::BadRecord { lsn, source })
-            })
-            .collect()
-    };
-    let (front, back) = records.split_at(records.len() / 2);
-    let (front, back) = std::thread::scope(|scope| {
-        let back = scope.spawn(|| decode(back));
-        (decode(front), back.join().expect("replay decoder panicked"))
-    });
-    let mut entries = front?;
-    entries.extend(back?);
-    Ok(entries)
-}
-
 /// **The one apply.** Insert one event into its entity's state (locked by the caller) and
 /// keep it for the next checkpoint; `false`, and no change, if the state already has it.
-/// Ingest ([`Inner::apply_prepared`]) and replay ([`Inner::apply_entity_events`]) both come
-/// here; nothing else adds events to state.
+/// Ingest ([`Inner::apply_prepared`]) and replay (`replay::Owned::apply`) both come here;
+/// nothing else adds events to state.
 fn apply_to(state: &mut EntityState, time_ms: i64, lsn: Lsn, cells: &[Option<u64>]) -> bool {
     // A complete state knows every event (its run); a partial one only those not yet
     // persisted: it cannot tell a replayed event that is already persisted, and persists it
@@ -1184,24 +1131,33 @@ fn encode_unpersisted(dirty: Vec<Dirty>) -> (Vec<(Dirty, usize)>, Vec<(Vec<u8>, 
             state.unpersisted.clone()
         };
         let rows = rows.into_sorted();
-        let strings = entity.stream.strings.read();
-        for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
-            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
-            let first = range.clone().map(|row| rows.lsn(row)).min();
-            let first = first.expect("chunk ranges are not empty");
-            let view = chunk::ChunkView {
-                rows: &rows,
-                range,
-                types: &entity.stream.field_types,
-                strings: &strings,
-            };
-            let key = chunk_key(entity.stream.id, &entity.name, first);
-            chunks.push((key, view.encode()));
-        }
-        drop(strings);
+        encode_chunks(&entity.stream, &entity.name, &rows, &mut chunks);
         written.push((entity, rows.len()));
     }
     (written, chunks)
+}
+
+/// Encode an entity's rows, sorted by (time, LSN), as chunks of at most `CHUNK_ROWS_MAX`
+/// rows, each keyed by its smallest LSN, added to `chunks` as (key, value).
+fn encode_chunks(
+    stream: &StreamState,
+    entity: &str,
+    rows: &page::Page,
+    chunks: &mut Vec<(Vec<u8>, Vec<u8>)>,
+) {
+    let strings = stream.strings.read();
+    for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
+        let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
+        let first = range.clone().map(|row| rows.lsn(row)).min();
+        let first = first.expect("chunk ranges are not empty");
+        let view = chunk::ChunkView {
+            rows,
+            range,
+            types: &stream.field_types,
+            strings: &strings,
+        };
+        chunks.push((chunk_key(stream.id, entity, first), view.encode()));
+    }
 }
 
 /// What opening reads from the state store before replaying the log's tail.
@@ -1532,36 +1488,6 @@ impl Inner {
         }
     }
 
-    /// Apply events of one entity, in this order (replay), given as (time, LSN, cells):
-    /// [`apply_to`] for each, under one lock of the entity.
-    fn apply_entity_events<'c>(
-        &self,
-        stream: &Arc<StreamState>,
-        entity: &str,
-        events: impl Iterator<Item = (i64, Lsn, &'c [Option<u64>])>,
-        applied: &mut Applied,
-    ) -> Result<()> {
-        let slot = stream
-            .entity(entity, &self.state, true)?
-            .expect("created on demand");
-        let mut state = stream.lock_for_append(&slot);
-        let was_clean = state.unpersisted.len() == 0;
-        let mut inserted = 0;
-        for (time_ms, lsn, cells) in events {
-            inserted += usize::from(apply_to(&mut state, time_ms, lsn, cells));
-        }
-        drop(state);
-        applied.events += inserted;
-        if was_clean && inserted > 0 {
-            applied.newly_dirty.push(Dirty {
-                stream: Arc::clone(stream),
-                name: entity.into(),
-                slot,
-            });
-        }
-        Ok(())
-    }
-
     /// Give what a batch applied to the checkpointer (before the batch is marked applied:
     /// a checkpoint that sees the batch's LSNs applied also sees its rows).
     fn hand_over(&self, applied: Applied) {
@@ -1578,186 +1504,6 @@ impl Inner {
         if total >= self.options.checkpoint_events {
             self.wake.notify_all();
         }
-    }
-
-    /// Apply every log record from `from` on. Returns how many were applied.
-    ///
-    /// Records are read in batches, decoded by two threads (half the batch each), and the
-    /// events of a batch are applied by two threads, split by entity (entities are
-    /// independent, and applying is idempotent and order-free within one). A definitions
-    /// record is applied in its place, so the events after it see the catalog it adds.
-    fn replay_log(&self, from: Lsn) -> Result<u64> {
-        const BATCH_RECORDS: usize = 1 << 16;
-        let mut scan = self.log.scan(from)?;
-        let mut count = 0u64;
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut records: Vec<(Lsn, usize, usize)> = Vec::with_capacity(BATCH_RECORDS);
-        // Ids applied, not yet in the id set (nothing reads it during a replay).
-        let mut ids: Vec<u128> = Vec::new();
-        loop {
-            buffer.clear();
-            records.clear();
-            while records.len() < BATCH_RECORDS {
-                let Some(record) = scan.next_record()? else {
-                    break;
-                };
-                let start = buffer.len();
-                buffer.extend_from_slice(record.payload);
-                records.push((record.lsn, start, buffer.len()));
-            }
-            let Some(&(last, _, _)) = records.last() else {
-                break;
-            };
-            let decoded = decode_parallel(&buffer, &records)?;
-            // The events between two catalog changes are applied together.
-            let mut events_from = 0;
-            for (at, (lsn, entry)) in decoded.iter().enumerate() {
-                let lsn = *lsn;
-                match entry {
-                    LogEntryBorrowed::Event { .. } => continue,
-                    LogEntryBorrowed::Definitions(definitions) => {
-                        self.apply_events_parallel(&decoded[events_from..at], &mut ids)?;
-                        let mut definitions = definitions.clone();
-                        for feature in &mut definitions.features {
-                            feature.recanonicalize_filter()?;
-                        }
-                        let mut registry = self.registry.write();
-                        if lsn > registry.catalog_lsn {
-                            let plan = registry.catalog.plan(&definitions)?;
-                            registry.add(&plan);
-                            registry.catalog_lsn = lsn;
-                        }
-                    }
-                    LogEntryBorrowed::RemoveFeatures(names) => {
-                        self.apply_events_parallel(&decoded[events_from..at], &mut ids)?;
-                        let mut registry = self.registry.write();
-                        if lsn > registry.catalog_lsn {
-                            registry.remove(names);
-                            registry.catalog_lsn = lsn;
-                        }
-                    }
-                }
-                events_from = at + 1;
-            }
-            self.apply_events_parallel(&decoded[events_from..], &mut ids)?;
-            if ids.len() >= REPLAY_IDS_PENDING_MAX {
-                self.ingest.lock().insert_many(ids.drain(..));
-            }
-            count += records.len() as u64;
-            self.applied.complete(self.applied.end(), last + 1);
-            if self.unpersisted_events.load(Ordering::Relaxed) >= self.options.checkpoint_events {
-                // As under ingest: what the checkpoint persisted may leave memory, so a
-                // replay holds at most the cache budget plus one checkpoint's events.
-                self.checkpoint()?;
-                self.evict();
-            }
-        }
-        self.ingest.lock().insert_many(ids);
-        Ok(count)
-    }
-
-    /// Apply decoded event records on two threads, split by entity; hand the results over,
-    /// and add the hashes of their ids to `ids` (for the caller to add to the id set).
-    fn apply_events_parallel(
-        &self,
-        events: &[(Lsn, LogEntryBorrowed<'_>)],
-        ids: &mut Vec<u128>,
-    ) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let streams = self.registry.read().streams.clone();
-
-        let work = |half: u64| -> Result<Applied> {
-            let mut applied = Applied::default();
-            // In log order: this half's events (by a hash of the entity) as rows, their
-            // cells, their ids. Strings are interned through a cache of the batch's own:
-            // the stream's table is shared with the other worker.
-            let mut rows: Vec<ReplayRow<'_>> = Vec::with_capacity(events.len() / 2 + 16);
-            let mut cells: Vec<Option<u64>> = Vec::new();
-            let mut interned: FxHashMap<(u32, &str), u64> = FxHashMap::default();
-            for (lsn, entry) in events {
-                let LogEntryBorrowed::Event {
-                    stream,
-                    entity,
-                    time_ms,
-                    id,
-                    values,
-                } = entry
-                else {
-                    unreachable!("definitions are applied in order, not here")
-                };
-                let hash = xxhash_rust::xxh3::xxh3_64(entity.as_bytes());
-                if hash & 1 != half {
-                    continue;
-                }
-                let mismatch = |reason| Error::RecordMismatch { lsn: *lsn, reason };
-                let state = (streams.get(*stream as usize)).ok_or(mismatch("no such stream"))?;
-                if values.len() != state.field_types.len() {
-                    return Err(mismatch("not as many values as its stream has fields"));
-                }
-                rows.push(ReplayRow {
-                    stream: *stream,
-                    hash,
-                    entity,
-                    time_ms: *time_ms,
-                    lsn: *lsn,
-                    cells: cells.len(),
-                });
-                for (value, field_type) in values.iter().zip(&state.field_types) {
-                    cells.push(match (value, field_type) {
-                        (ValueBorrowed::Null, _) => None,
-                        (ValueBorrowed::Int(i), FieldType::Int) => Some(*i as u64),
-                        (ValueBorrowed::Float(f), FieldType::Float) => Some(f.to_bits()),
-                        (ValueBorrowed::Bool(b), FieldType::Bool) => Some(u64::from(*b)),
-                        (ValueBorrowed::String(s), FieldType::String) => Some(
-                            *interned
-                                .entry((*stream, s))
-                                .or_insert_with(|| u64::from(state.strings.intern(s).0)),
-                        ),
-                        _ => return Err(mismatch("a value not of its field's type")),
-                    });
-                }
-                if let Some(id) = id {
-                    applied.ids.push(dedup_hash(*stream, id));
-                }
-            }
-            // Each entity's events together, in log order: sorted by (stream, hash, log
-            // order). Entities whose hashes collide interleave, and make groups of their own.
-            debug_assert!(rows.len() <= u32::MAX as usize, "a replay batch is smaller");
-            let mut order: Vec<(u32, u64, u32)> = (rows.iter().enumerate())
-                .map(|(at, row)| (row.stream, row.hash, at as u32))
-                .collect();
-            order.sort_unstable();
-            let mut rest = order.as_slice();
-            while let Some(&(_, _, first)) = rest.first() {
-                let head = &rows[first as usize];
-                let len = rest
-                    .iter()
-                    .take_while(|&&(_, _, at)| head.same_entity(&rows[at as usize]))
-                    .count();
-                let (group, tail) = rest.split_at(len);
-                rest = tail;
-                let stream = &streams[head.stream as usize];
-                let columns = stream.field_types.len();
-                let group = group.iter().map(|&(_, _, at)| {
-                    let row = &rows[at as usize];
-                    (row.time_ms, row.lsn, &cells[row.cells..row.cells + columns])
-                });
-                self.apply_entity_events(stream, head.entity, group, &mut applied)?;
-            }
-            Ok(applied)
-        };
-        let (first, second) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| work(1));
-            let mine = work(0);
-            (mine, other.join().expect("replay worker panicked"))
-        });
-        for applied in [first?, second?] {
-            ids.extend_from_slice(&applied.ids);
-            self.hand_over(applied);
-        }
-        Ok(())
     }
 
     /// Persist every applied event not yet in the state store, with `applied_lsn`.

@@ -116,9 +116,19 @@ impl Page {
     /// order (an entity's unpersisted events), which `into_sorted` orders when it is read.
     pub(crate) fn push(&mut self, time: i64, lsn: u64, cells: &[Option<u64>]) {
         debug_assert_eq!(cells.len(), self.columns);
-        let base = self.data.len();
-        self.data.resize(base + self.stride, 0);
-        self.write_row(base, time, lsn, cells);
+        // Each word written once (a replay pushes every event it reads).
+        self.data.reserve(self.stride);
+        self.data.push(time as u64);
+        self.data.push(lsn);
+        self.data.extend(cells.iter().map(|cell| cell.unwrap_or(0)));
+        for word in cells.chunks(64) {
+            let nulls = word.iter().enumerate();
+            let mask = nulls.fold(0u64, |mask, (bit, cell)| {
+                mask | u64::from(cell.is_none()) << bit
+            });
+            self.data.push(mask);
+        }
+        debug_assert_eq!(self.data.len() % self.stride, 0);
     }
 
     /// Remove the first `n` rows; the others stay, in order. An emptied page gives back its

@@ -147,17 +147,85 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Whether a log payload starts as an event record does (its entry's variant index
+/// written in one byte). Every other entry starts otherwise; a payload that starts so is
+/// an event or malformed.
+pub(crate) fn starts_as_event(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&(ENTRY_EVENT as u8))
+}
+
 /// Decode one log payload, occupying all of `bytes`: what `codec::decode_borrowed` gives,
 /// faster for events.
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<LogEntryBorrowed<'_>, CodecError> {
-    match decode_event(bytes) {
-        Some(entry) => Ok(entry),
-        None => codec::decode_borrowed(bytes),
+    let mut values = Vec::new();
+    match decode_entry_into(bytes, &mut values)? {
+        Entry::Event(EventHead {
+            stream,
+            entity,
+            time_ms,
+            id,
+        }) => Ok(LogEntryBorrowed::Event {
+            stream,
+            entity,
+            time_ms,
+            id,
+            values,
+        }),
+        Entry::Other(entry) => Ok(entry),
     }
 }
 
-/// An event record read by hand; `None` for anything else (left to serde).
-fn decode_event(bytes: &[u8]) -> Option<LogEntryBorrowed<'_>> {
+/// A decoded log payload, an event's values aside (see [`decode_entry_into`]).
+#[derive(Debug)]
+pub(crate) enum Entry<'a> {
+    Event(EventHead<'a>),
+    /// Any other kind of entry.
+    Other(LogEntryBorrowed<'a>),
+}
+
+/// The fields of an event record but its values.
+#[derive(Debug)]
+pub(crate) struct EventHead<'a> {
+    pub(crate) stream: u32,
+    pub(crate) entity: &'a str,
+    pub(crate) time_ms: i64,
+    pub(crate) id: Option<&'a str>,
+}
+
+/// [`decode_entry`], giving an event's values in `values` (cleared first) rather than in
+/// a vector of their own: a replay decodes millions of events with one.
+pub(crate) fn decode_entry_into<'a>(
+    bytes: &'a [u8],
+    values: &mut Vec<ValueBorrowed<'a>>,
+) -> Result<Entry<'a>, CodecError> {
+    values.clear();
+    if let Some(head) = decode_event(bytes, values) {
+        return Ok(Entry::Event(head));
+    }
+    values.clear();
+    Ok(match codec::decode_borrowed(bytes)? {
+        LogEntryBorrowed::Event {
+            stream,
+            entity,
+            time_ms,
+            id,
+            values: decoded,
+        } => {
+            values.extend(decoded);
+            Entry::Event(EventHead {
+                stream,
+                entity,
+                time_ms,
+                id,
+            })
+        }
+        other => Entry::Other(other),
+    })
+}
+
+/// An event record read by hand, its values pushed to `values`; `None` for anything else
+/// (left to serde; `values` may then hold some).
+fn decode_event<'a>(bytes: &'a [u8], values: &mut Vec<ValueBorrowed<'a>>) -> Option<EventHead<'a>> {
     if bytes.len() > RECORD_BYTES_HARD_MAX as usize {
         return None; // serde's size limit applies
     }
@@ -179,7 +247,7 @@ fn decode_event(bytes: &[u8]) -> Option<LogEntryBorrowed<'_>> {
     if len > reader.bytes.len() {
         return None;
     }
-    let mut values = Vec::with_capacity(len);
+    values.reserve(len);
     for _ in 0..len {
         values.push(match reader.variant()? {
             VALUE_NULL => ValueBorrowed::Null,
@@ -194,12 +262,11 @@ fn decode_event(bytes: &[u8]) -> Option<LogEntryBorrowed<'_>> {
             _ => return None, // a list (events carry none), or malformed
         });
     }
-    reader.bytes.is_empty().then_some(LogEntryBorrowed::Event {
+    reader.bytes.is_empty().then_some(EventHead {
         stream,
         entity,
         time_ms,
         id,
-        values,
     })
 }
 
@@ -268,10 +335,34 @@ impl<'a> Reader<'a> {
 
 /// Decode `bytes` both ways and panic on any difference (tests and the `log_record` fuzz
 /// target); an event decoded by hand is encoded again, and must give `bytes` back when
-/// they are canonical (what serde itself writes for the decoded entry).
+/// they are canonical (what serde itself writes for the decoded entry). Also: decoding
+/// into a vector that held values gives the same, and an entry that is not an event does
+/// not [`starts_as_event`].
 pub(crate) fn check_against_serde(bytes: &[u8]) {
     let ours = decode_entry(bytes).map(|e| format!("{e:?}"));
-    let serde = codec::decode_borrowed::<LogEntryBorrowed>(bytes).map(|e| format!("{e:?}"));
+    let serde = codec::decode_borrowed::<LogEntryBorrowed>(bytes);
+    if let Ok(entry) = &serde {
+        let is_event = matches!(entry, LogEntryBorrowed::Event { .. });
+        assert!(
+            is_event || !starts_as_event(bytes),
+            "{bytes:?} starts as an event"
+        );
+    }
+    let serde = serde.map(|e| format!("{e:?}"));
+    let mut reused = vec![ValueBorrowed::Int(7), ValueBorrowed::String("held")];
+    let into = decode_entry_into(bytes, &mut reused).map(|entry| match entry {
+        Entry::Event(head) => format!("{head:?} {reused:?}"),
+        Entry::Other(other) => format!("{other:?}"),
+    });
+    let mut fresh = Vec::new();
+    let expected = decode_entry_into(bytes, &mut fresh).map(|entry| match entry {
+        Entry::Event(head) => format!("{head:?} {fresh:?}"),
+        Entry::Other(other) => format!("{other:?}"),
+    });
+    assert_eq!(
+        into.map_err(|e| e.to_string()),
+        expected.map_err(|e| e.to_string())
+    );
     match (ours, serde) {
         (Ok(a), Ok(b)) => assert_eq!(a, b, "{bytes:?}"),
         (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
@@ -366,7 +457,7 @@ mod tests {
             encode_event(&mut ours, stream, &entity, time_ms, id.as_deref(), &values);
             let theirs = serde_bytes(stream, &entity, time_ms, id.as_deref(), &values);
             prop_assert_eq!(&ours[1..], &theirs[..]);
-            let fast = format!("{:?}", decode_event(&theirs).expect("an event decodes by hand"));
+            let fast = format!("{:?}", by_hand(&theirs).expect("an event decodes by hand"));
             let serde: LogEntryBorrowed = codec::decode_borrowed(&theirs).unwrap();
             prop_assert_eq!(fast, format!("{serde:?}"));
         }
@@ -421,15 +512,33 @@ mod tests {
         assert!(matches!(owned, LogEntry::Event { stream: 5, .. }));
     }
 
+    /// The entry the fast path alone decodes, if it does.
+    fn by_hand(bytes: &[u8]) -> Option<LogEntryBorrowed<'_>> {
+        let mut values = Vec::new();
+        let EventHead {
+            stream,
+            entity,
+            time_ms,
+            id,
+        } = decode_event(bytes, &mut values)?;
+        Some(LogEntryBorrowed::Event {
+            stream,
+            entity,
+            time_ms,
+            id,
+            values,
+        })
+    }
+
     /// Entries other than events go through serde (and still decode).
     #[test]
     fn other_entries_decode_through_serde() {
         let entry = LogEntry::RemoveFeatures(vec!["a".into(), "b".into()]);
         let bytes = codec::encode(&entry).unwrap();
-        assert!(decode_event(&bytes).is_none());
+        assert!(by_hand(&bytes).is_none());
         check_against_serde(&bytes);
         let list = serde_bytes(0, "e", 0, None, &[Value::List(vec![Value::Int(1)])]);
-        assert!(decode_event(&list).is_none(), "lists are left to serde");
+        assert!(by_hand(&list).is_none(), "lists are left to serde");
         check_against_serde(&list);
     }
 }

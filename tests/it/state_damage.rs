@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options};
+use fsdb_storage::state::{StateOptions, StateStore};
 use serde_json::json;
 
 use crate::fixtures::{copy_dir, ev_definitions};
@@ -156,6 +157,27 @@ fn damaged_state_is_rebuilt_or_refused_never_wrong() {
         },
         &mut outcomes,
     );
+    // Rows persisted past `applied_lsn`: the state of the whole with the first half's
+    // applied LSN, as a crash between a replay's chunk writes and its commit leaves it. The
+    // rest is replayed and persisted again; the repeats must count once.
+    let half_lsn = {
+        let store = StateStore::open(&half.join("state"), &StateOptions::default()).unwrap();
+        store.applied_lsn().unwrap()
+    };
+    let before_rows_ahead = outcomes.exact;
+    run(
+        "rows persisted past the applied LSN",
+        &|d| {
+            let store = StateStore::open(&d.join("state"), &StateOptions::default()).unwrap();
+            assert!(store.applied_lsn().unwrap() > half_lsn);
+            let mut batch = store.batch();
+            batch.set_applied_lsn(half_lsn);
+            store.commit(batch).unwrap();
+            store.flush().unwrap();
+        },
+        &mut outcomes,
+    );
+    assert_eq!(outcomes.exact, before_rows_ahead + 1, "rows past the applied LSN");
     let before_ahead = outcomes.refused_open;
     // Ahead: the log of the first half under the state of the whole: acknowledged records
     // are missing from the log, which must refuse to open rather than serve.

@@ -1,0 +1,382 @@
+//! Replaying the log at open: every record after the state's `applied_lsn`, applied and
+//! persisted before the database serves anything.
+//!
+//! Nothing else touches entities while a database opens, so a replay owns the states it
+//! builds, outside the shared entity maps and their locks. Records are read in batches on
+//! a thread of their own; each batch of events goes through two steps on two threads:
+//!
+//! 1. **decode** — each thread decodes half of the batch, checks every value against its
+//!    field's type, and routes each event by the parity of its entity's name hash, in log
+//!    order;
+//! 2. **apply** — each thread owns the entities of one parity and applies their events,
+//!    the first half's then the second's (log order again), with [`apply_to`], the one
+//!    apply.
+//!
+//! A record that is not an event (definitions, removed features) comes in a batch of its
+//! own and is applied in its place, so the events after it see the catalog it makes.
+//!
+//! As for an append to an entity not in memory, a replayed entity's state is *partial*:
+//! only the events since the last flush. A flush (every `checkpoint_events` events, and at
+//! the end) has each apply thread write its entities' rows as chunks, one state-store write
+//! each, then commits the ids, the catalog and `applied_lsn` with [`Inner::checkpoint`], and
+//! drops the states: a replay leaves no entity in memory, and holds at most one flush's
+//! events. A crash between the chunk writes and that commit leaves rows persisted past
+//! `applied_lsn`; the next open replays and persists them again, and loading an entity (as
+//! the state digest does) merges the repeats.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+
+use fsdb_storage::Lsn;
+use fsdb_storage::log::Scan;
+use fsdb_storage::state::Table;
+use rustc_hash::FxHashMap;
+
+use super::{EntityState, Inner, StreamState, apply_to, dedup_hash, encode_chunks};
+use crate::error::{Error, Result};
+use crate::event::wire::{self, Entry, EventHead};
+use crate::event::{LogEntryBorrowed, ValueBorrowed};
+use crate::value::FieldType;
+
+/// Log records read, decoded and applied together.
+const BATCH_RECORDS: usize = 1 << 16;
+
+/// Log records read together: their payloads back to back, and each one's
+/// `(LSN, start, end)` in them. Either events only (records that [`wire::starts_as_event`])
+/// or one record that does not.
+#[derive(Default)]
+struct RecordBatch {
+    bytes: Vec<u8>,
+    records: Vec<(Lsn, usize, usize)>,
+}
+
+impl RecordBatch {
+    fn payload(&self, record: usize) -> &[u8] {
+        let (_, start, end) = self.records[record];
+        &self.bytes[start..end]
+    }
+
+    /// A batch of one record that is not (or may not be) an event.
+    fn is_other_entry(&self) -> bool {
+        self.records.len() == 1 && !wire::starts_as_event(self.payload(0))
+    }
+}
+
+/// Events of one entity parity, as one decode thread routed them, in log order.
+#[derive(Default)]
+struct Routed<'a> {
+    rows: Vec<RoutedEvent<'a>>,
+    /// The rows' cells, back to back (`RoutedEvent::cells` is where a row's start).
+    cells: Vec<Option<u64>>,
+}
+
+struct RoutedEvent<'a> {
+    stream: u32,
+    entity: &'a str,
+    time_ms: i64,
+    lsn: Lsn,
+    cells: usize,
+}
+
+/// What one decode thread made of its part of a batch.
+#[derive(Default)]
+struct Decoded<'a> {
+    by_parity: [Routed<'a>; 2],
+    /// Hashes of the events' ids.
+    ids: Vec<u128>,
+}
+
+impl<'a> Decoded<'a> {
+    /// Decode `records` of `bytes` (events: see [`RecordBatch`]) and route them.
+    fn events(
+        bytes: &'a [u8],
+        records: &[(Lsn, usize, usize)],
+        streams: &[Arc<StreamState>],
+    ) -> Result<Decoded<'a>> {
+        let mut decoded = Decoded::default();
+        // Room for the usual split, so that the lists rarely grow (and copy themselves).
+        let rows = records.len() / 2 + records.len() / 16 + 16;
+        let columns = streams
+            .iter()
+            .map(|s| s.field_types.len())
+            .max()
+            .unwrap_or(0);
+        for routed in &mut decoded.by_parity {
+            routed.rows.reserve(rows);
+            routed.cells.reserve(rows * columns);
+        }
+        decoded.ids.reserve(records.len());
+        let mut values: Vec<ValueBorrowed<'a>> = Vec::new();
+        // The streams' string tables are shared with the other thread: intern each string
+        // of the part once.
+        let mut interned: FxHashMap<(u32, &'a str), u64> = FxHashMap::default();
+        for &(lsn, start, end) in records {
+            let entry = wire::decode_entry_into(&bytes[start..end], &mut values)
+                .map_err(|source| Error::BadRecord { lsn, source })?;
+            let Entry::Event(EventHead {
+                stream,
+                entity,
+                time_ms,
+                id,
+            }) = entry
+            else {
+                unreachable!("a record that starts as an event is one, or does not decode")
+            };
+            let mismatch = |reason| Error::RecordMismatch { lsn, reason };
+            let state = streams.get(stream as usize);
+            let state = state.ok_or_else(|| mismatch("no such stream"))?;
+            if values.len() != state.field_types.len() {
+                return Err(mismatch("not as many values as its stream has fields"));
+            }
+            let parity = xxhash_rust::xxh3::xxh3_64(entity.as_bytes()) & 1;
+            let routed = &mut decoded.by_parity[parity as usize];
+            routed.rows.push(RoutedEvent {
+                stream,
+                entity,
+                time_ms,
+                lsn,
+                cells: routed.cells.len(),
+            });
+            for (value, field_type) in values.iter().zip(&state.field_types) {
+                routed.cells.push(match (value, field_type) {
+                    (ValueBorrowed::Null, _) => None,
+                    (ValueBorrowed::Int(i), FieldType::Int) => Some(*i as u64),
+                    (ValueBorrowed::Float(f), FieldType::Float) => Some(f.to_bits()),
+                    (ValueBorrowed::Bool(b), FieldType::Bool) => Some(u64::from(*b)),
+                    (ValueBorrowed::String(s), FieldType::String) => Some(
+                        *interned
+                            .entry((stream, s))
+                            .or_insert_with(|| u64::from(state.strings.intern(s).0)),
+                    ),
+                    _ => return Err(mismatch("a value not of its field's type")),
+                });
+            }
+            if let Some(id) = id {
+                decoded.ids.push(dedup_hash(stream, id));
+            }
+        }
+        Ok(decoded)
+    }
+}
+
+/// The entities of one parity, owned by one apply thread, with the events applied to them
+/// since the last flush.
+#[derive(Default)]
+struct Owned {
+    /// By stream id, then entity name.
+    entities: Vec<FxHashMap<Box<str>, EntityState>>,
+    events: usize,
+}
+
+impl Owned {
+    /// Apply routed events, in the order given.
+    fn apply(&mut self, routed: &Routed<'_>, streams: &[Arc<StreamState>]) {
+        for event in &routed.rows {
+            let stream = event.stream as usize;
+            if self.entities.len() <= stream {
+                self.entities.resize_with(stream + 1, FxHashMap::default);
+            }
+            let columns = streams[stream].field_types.len();
+            let entities = &mut self.entities[stream];
+            let state = match entities.get_mut(event.entity) {
+                Some(state) => state,
+                None => entities
+                    .entry(event.entity.into())
+                    .or_insert_with(|| EntityState::partial(columns)),
+            };
+            let cells = &routed.cells[event.cells..event.cells + columns];
+            let inserted = apply_to(state, event.time_ms, event.lsn, cells);
+            debug_assert!(inserted, "a partial state takes every event");
+        }
+        self.events += routed.rows.len();
+    }
+
+    /// Write every owned entity's rows to the state store as chunks (one write, in key
+    /// order) and drop the states.
+    fn persist(&mut self, inner: &Inner, streams: &[Arc<StreamState>]) -> Result<()> {
+        let mut chunks = Vec::new();
+        for (stream, entities) in streams.iter().zip(&mut self.entities) {
+            for (name, state) in entities.drain() {
+                let rows = state.unpersisted.into_sorted();
+                encode_chunks(stream, &name, &rows, &mut chunks);
+            }
+        }
+        // In key order: RocksDB's memtable inserts a key next to the one before it cheaply.
+        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let bytes: usize = chunks.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        let mut batch = inner.state.batch_with_capacity(bytes + 4096);
+        for (key, value) in &chunks {
+            batch.put(Table::Events, key, value);
+        }
+        inner.state.commit(batch)?;
+        self.events = 0;
+        Ok(())
+    }
+}
+
+/// A replay in progress: the entities of each parity, and the ids applied since the last
+/// flush.
+#[derive(Default)]
+struct Replay {
+    owners: [Owned; 2],
+    ids: Vec<u128>,
+}
+
+impl Inner {
+    /// Apply every log record from `from` on, persisted (see the module documentation).
+    /// Returns how many records were replayed.
+    pub(super) fn replay_log(&self, from: Lsn) -> Result<u64> {
+        let scan = self.log.scan(from)?;
+        // One batch waits while the reader fills the next and the replay applies a third.
+        let (full_sender, full) = std::sync::mpsc::sync_channel(1);
+        let (free, free_receiver) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| read_batches(scan, full_sender, free_receiver));
+            self.replay_batches(full, free)
+        })
+    }
+
+    /// Apply the batches `full` brings (giving each back through `free`), then flush.
+    fn replay_batches(
+        &self,
+        full: Receiver<Result<RecordBatch>>,
+        free: Sender<RecordBatch>,
+    ) -> Result<u64> {
+        let mut replay = Replay::default();
+        let mut count = 0u64;
+        for batch in full {
+            let batch = batch?;
+            self.replay_batch(&mut replay, &batch)?;
+            count += batch.records.len() as u64;
+            let (last, _, _) = *batch.records.last().expect("batches are not empty");
+            // The reader may have finished: then it needs no batch back.
+            let _ = free.send(batch);
+            self.applied.complete(self.applied.end(), last + 1);
+            let events: usize = replay.owners.iter().map(|owned| owned.events).sum();
+            if events >= self.options.checkpoint_events {
+                self.flush_replayed(&mut replay)?;
+            }
+        }
+        self.flush_replayed(&mut replay)?;
+        Ok(count)
+    }
+
+    /// Apply one batch of records, in log order.
+    fn replay_batch(&self, replay: &mut Replay, batch: &RecordBatch) -> Result<()> {
+        if batch.is_other_entry() {
+            let (lsn, _, _) = batch.records[0];
+            let entry = wire::decode_entry(batch.payload(0))
+                .map_err(|source| Error::BadRecord { lsn, source })?;
+            match entry {
+                // Written in an unusual form, but an event: applied as one.
+                LogEntryBorrowed::Event { .. } => {}
+                LogEntryBorrowed::Definitions(definitions) => {
+                    let mut definitions = definitions.clone();
+                    for feature in &mut definitions.features {
+                        feature.recanonicalize_filter()?;
+                    }
+                    let mut registry = self.registry.write();
+                    if lsn > registry.catalog_lsn {
+                        let plan = registry.catalog.plan(&definitions)?;
+                        registry.add(&plan);
+                        registry.catalog_lsn = lsn;
+                    }
+                    return Ok(());
+                }
+                LogEntryBorrowed::RemoveFeatures(names) => {
+                    let mut registry = self.registry.write();
+                    if lsn > registry.catalog_lsn {
+                        registry.remove(&names);
+                        registry.catalog_lsn = lsn;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let streams = self.registry.read().streams.clone();
+        let (bytes, records) = (&batch.bytes[..], &batch.records[..]);
+        let (front, back) = records.split_at(records.len() / 2);
+        let (front, back) = std::thread::scope(|scope| {
+            let back = scope.spawn(|| Decoded::events(bytes, back, &streams));
+            let front = Decoded::events(bytes, front, &streams);
+            (front, back.join().expect("replay decoder panicked"))
+        });
+        let (front, back) = (front?, back?);
+        let [even, odd] = &mut replay.owners;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                odd.apply(&front.by_parity[1], &streams);
+                odd.apply(&back.by_parity[1], &streams);
+            });
+            even.apply(&front.by_parity[0], &streams);
+            even.apply(&back.by_parity[0], &streams);
+        });
+        replay.ids.extend_from_slice(&front.ids);
+        replay.ids.extend_from_slice(&back.ids);
+        Ok(())
+    }
+
+    /// Persist what the replay applied since its last flush: the rows by both owners, then
+    /// the ids, the catalog and `applied_lsn` (the watermark: every record read so far) in
+    /// one checkpoint commit.
+    fn flush_replayed(&self, replay: &mut Replay) -> Result<()> {
+        // Rows reflect log records: those must be durable before state is (in NoSync and
+        // Interval modes, a replayed record may not be yet).
+        self.log.sync()?;
+        let streams = self.registry.read().streams.clone();
+        let [even, odd] = &mut replay.owners;
+        let (even_result, odd_result) = std::thread::scope(|scope| {
+            let odd_result = scope.spawn(|| odd.persist(self, &streams));
+            let even_result = even.persist(self, &streams);
+            let odd_result = odd_result.join().expect("replay writer panicked");
+            (even_result, odd_result)
+        });
+        even_result?;
+        odd_result?;
+        // Nothing reads the id set during a replay: the ids join it in bulk.
+        self.ingest.lock().insert_many(replay.ids.iter().copied());
+        self.pending_ids.lock().append(&mut replay.ids);
+        self.checkpoint()
+    }
+}
+
+/// Read every record of `scan` in batches (see [`RecordBatch`]) sent through `full`,
+/// reusing those given back through `free`; stops at the end, at an error (sent), or when
+/// nobody receives any more.
+fn read_batches(
+    mut scan: Scan,
+    full: SyncSender<Result<RecordBatch>>,
+    free: Receiver<RecordBatch>,
+) {
+    // A record that cannot join the batch being filled starts the next one.
+    let mut held: Option<(Lsn, Vec<u8>)> = None;
+    loop {
+        let mut batch = free.try_recv().unwrap_or_default();
+        batch.bytes.clear();
+        batch.records.clear();
+        if let Some((lsn, payload)) = held.take() {
+            batch.bytes.extend_from_slice(&payload);
+            batch.records.push((lsn, 0, payload.len()));
+        }
+        while batch.records.len() < BATCH_RECORDS && !batch.is_other_entry() {
+            let record = match scan.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = full.send(Err(e.into()));
+                    return;
+                }
+            };
+            if !batch.records.is_empty() && !wire::starts_as_event(record.payload) {
+                held = Some((record.lsn, record.payload.to_vec()));
+                break;
+            }
+            let start = batch.bytes.len();
+            batch.bytes.extend_from_slice(record.payload);
+            batch.records.push((record.lsn, start, batch.bytes.len()));
+        }
+        if batch.records.is_empty() || full.send(Ok(batch)).is_err() {
+            return;
+        }
+    }
+}
