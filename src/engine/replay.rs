@@ -17,10 +17,11 @@
 //!
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
 //! only the events since the last flush. A flush (every `checkpoint_events` events, and at
-//! the end) has each apply thread write its entities' rows as chunks, one state-store write
-//! each, then commits the ids, the catalog and `applied_lsn` with [`Inner::checkpoint`], and
-//! drops the states: a replay leaves no entity in memory, and holds at most one flush's
-//! events. A crash between the chunk writes and that commit leaves rows persisted past
+//! the end) has each apply thread write its entities' rows as chunks to a sorted run (a
+//! file of RocksDB's table format: no WAL, no memtable, no flush later), ingests both runs
+//! into the state store in one step, then commits the ids, the catalog and `applied_lsn`
+//! with [`Inner::checkpoint`], and drops the states: a replay leaves no entity in memory, and holds at most one flush's
+//! events. A crash between the ingestion and that commit leaves rows persisted past
 //! `applied_lsn`; the next open replays and persists them again, and loading an entity (as
 //! the state digest does) merges the repeats.
 
@@ -29,7 +30,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use fsdb_storage::Lsn;
 use fsdb_storage::log::Scan;
-use fsdb_storage::state::Table;
+use fsdb_storage::state::{FinishedRun, Table};
 use rustc_hash::FxHashMap;
 
 use super::{EntityState, Inner, StreamState, apply_to, dedup_hash, encode_chunks};
@@ -191,9 +192,13 @@ impl Owned {
         self.events += routed.rows.len();
     }
 
-    /// Write every owned entity's rows to the state store as chunks (one write, in key
-    /// order) and drop the states.
-    fn persist(&mut self, inner: &Inner, streams: &[Arc<StreamState>]) -> Result<()> {
+    /// Write every owned entity's rows as chunks to a sorted run of the state store (for
+    /// the caller to ingest) and drop the states.
+    fn persist(
+        &mut self,
+        inner: &Inner,
+        streams: &[Arc<StreamState>],
+    ) -> Result<Option<FinishedRun>> {
         let mut chunks = Vec::new();
         for (stream, entities) in streams.iter().zip(&mut self.entities) {
             for (name, state) in entities.drain() {
@@ -201,16 +206,13 @@ impl Owned {
                 encode_chunks(stream, &name, &rows, &mut chunks);
             }
         }
-        // In key order: RocksDB's memtable inserts a key next to the one before it cheaply.
         chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let bytes: usize = chunks.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
-        let mut batch = inner.state.batch_with_capacity(bytes + 4096);
+        let mut run = inner.state.sorted_run(Table::Events)?;
         for (key, value) in &chunks {
-            batch.put(Table::Events, key, value);
+            run.put(key, value)?;
         }
-        inner.state.commit(batch)?;
         self.events = 0;
-        Ok(())
+        Ok(run.finish()?)
     }
 }
 
@@ -325,14 +327,14 @@ impl Inner {
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
         let [even, odd] = &mut replay.owners;
-        let (even_result, odd_result) = std::thread::scope(|scope| {
-            let odd_result = scope.spawn(|| odd.persist(self, &streams));
-            let even_result = even.persist(self, &streams);
-            let odd_result = odd_result.join().expect("replay writer panicked");
-            (even_result, odd_result)
+        let (even_run, odd_run) = std::thread::scope(|scope| {
+            let odd_run = scope.spawn(|| odd.persist(self, &streams));
+            let even_run = even.persist(self, &streams);
+            let odd_run = odd_run.join().expect("replay writer panicked");
+            (even_run, odd_run)
         });
-        even_result?;
-        odd_result?;
+        let runs = [even_run?, odd_run?].into_iter().flatten().collect();
+        self.state.ingest(Table::Events, runs)?;
         // Nothing reads the id set during a replay: the ids join it in bulk.
         self.ingest.lock().insert_many(replay.ids.iter().copied());
         self.pending_ids.lock().append(&mut replay.ids);

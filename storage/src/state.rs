@@ -8,13 +8,18 @@
 //!
 //! The state store is a cache of a fold over the log: it is written without its own fsync
 //! (RocksDB's WAL makes each batch atomic; a lost tail of batches is recovered by replaying
-//! the log from the `applied_lsn` that survived).
+//! the log from the `applied_lsn` that survived). Bulk loads (a replay's rows) go another
+//! way: a [`SortedRun`] writes rows in key order to a file of RocksDB's table format, which
+//! [`StateStore::ingest`] adds to the store whole, bypassing the WAL and the memtable; the
+//! `applied_lsn` that covers them is committed in a batch after.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IngestExternalFileOptions,
+    IteratorMode, Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions,
 };
 
 use crate::Lsn;
@@ -45,6 +50,9 @@ impl Table {
 }
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// Files of sorted runs are named `<prefix><n>.sst` in the store's directory until they
+/// are ingested; one left by a crash is removed at the next open.
+const RUN_FILE_PREFIX: &str = "run-";
 const FORMAT_KEY: &[u8] = b"state_format";
 /// Bumped whenever the meaning of any key or value changes; a mismatch asks for a rebuild.
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -57,6 +65,12 @@ pub enum StateError {
         path: PathBuf,
         #[source]
         source: rocksdb::Error,
+    },
+    #[error("state store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("state store {path}: value of {table:?} key {key:02x?} is corrupt ({reason})")]
     Corrupt {
@@ -99,6 +113,11 @@ impl Default for StateOptions {
 pub struct StateStore {
     db: DB,
     path: PathBuf,
+    /// How sorted runs' files are written: the tables' block format, uncompressed like
+    /// RocksDB's own flushes to the first levels.
+    run_options: Options,
+    /// The number of the next sorted run's file.
+    next_run: AtomicU64,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -150,13 +169,25 @@ impl StateStore {
         db_options.set_max_open_files(256);
         db_options.set_keep_log_file_num(2);
         db_options.increase_parallelism(2);
+        remove_run_files(path).map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let block_format = |cache: Option<&Cache>| {
+            let mut block = BlockBasedOptions::default();
+            if let Some(cache) = cache {
+                block.set_block_cache(cache);
+            }
+            block.set_bloom_filter(10.0, false);
+            block
+        };
+        let mut run_options = Options::default();
+        run_options.set_block_based_table_factory(&block_format(None));
+        run_options.set_compression_type(rocksdb::DBCompressionType::None);
         let families = Table::ALL.map(|table| {
             let mut cf = Options::default();
-            let mut block = BlockBasedOptions::default();
-            block.set_block_cache(&cache);
-            block.set_bloom_filter(10.0, false);
-            cf.set_block_based_table_factory(&block);
+            cf.set_block_based_table_factory(&block_format(Some(&cache)));
             cf.set_write_buffer_size(options.write_buffer_bytes);
             // Fresh data (L0, L1) is rewritten soon by compaction: compressing it costs CPU
             // on the checkpoint path for little; compress the levels that stay.
@@ -168,6 +199,8 @@ impl StateStore {
         let store = StateStore {
             db,
             path: path.to_path_buf(),
+            run_options,
+            next_run: AtomicU64::new(0),
         };
         match store.get(Table::Meta, FORMAT_KEY)? {
             None => {
@@ -318,6 +351,45 @@ impl StateStore {
             .map_err(|e| self.rocks(e))
     }
 
+    /// Start a sorted run of new rows for `table`: written to a file of its own, in key
+    /// order, and added to the store by [`StateStore::ingest`] — for bulk loads, which it
+    /// spares the WAL, the memtable and its flush.
+    pub fn sorted_run(&self, table: Table) -> Result<SortedRun<'_>, StateError> {
+        let number = self.next_run.fetch_add(1, Ordering::Relaxed);
+        let path = self.path.join(format!("{RUN_FILE_PREFIX}{number}.sst"));
+        let writer = SstFileWriter::create(&self.run_options);
+        writer.open(&path).map_err(|e| self.rocks(e))?;
+        Ok(SortedRun {
+            store: self,
+            table,
+            path,
+            writer,
+            sealed: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// Add finished runs of `table` to the store, all or none. Where they hold a key the
+    /// store (or an earlier run of the list) has, the later value wins, as with a put.
+    pub fn ingest(&self, table: Table, runs: Vec<FinishedRun>) -> Result<(), StateError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        assert!(
+            runs.iter().all(|run| run.table == table),
+            "runs are ingested into their own table"
+        );
+        let mut options = IngestExternalFileOptions::default();
+        // The files are ours: RocksDB takes them in place (a link) rather than copying.
+        options.set_move_files(true);
+        let paths: Vec<&Path> = runs.iter().map(|run| run.path.as_path()).collect();
+        // Moved into the store (linked: the runs' names, removed as they drop, are ours)
+        // or not at all.
+        self.db
+            .ingest_external_file_cf_opts(self.cf(table), &options, paths)
+            .map_err(|e| self.rocks(e))
+    }
+
     /// Flush memtables and the WAL to disk (at close, and before a state directory swap).
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
@@ -366,6 +438,89 @@ impl StateStore {
         }
         total
     }
+}
+
+/// New rows of one table in strictly increasing key order, written to a file as they come
+/// ([`StateStore::sorted_run`]).
+pub struct SortedRun<'a> {
+    store: &'a StateStore,
+    table: Table,
+    path: PathBuf,
+    writer: SstFileWriter<'a>,
+    /// Where each value is sealed before the writer copies it (one buffer, reused).
+    sealed: Vec<u8>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for SortedRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedRun")
+            .field("path", &self.path)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl SortedRun<'_> {
+    /// Add a row; its key must be greater than the previous one's (else an error).
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.sealed.clear();
+        seal_into(value, &mut self.sealed);
+        self.writer
+            .put(key, &self.sealed)
+            .map_err(|e| self.store.rocks(e))?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Complete the file; `None` for a run without rows (there is nothing to ingest).
+    pub fn finish(mut self) -> Result<Option<FinishedRun>, StateError> {
+        if self.rows == 0 {
+            drop(self.writer);
+            let _ = std::fs::remove_file(&self.path);
+            return Ok(None);
+        }
+        if let Err(e) = self.writer.finish() {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(self.store.rocks(e));
+        }
+        Ok(Some(FinishedRun {
+            table: self.table,
+            path: self.path,
+        }))
+    }
+}
+
+/// A sorted run's complete file, waiting for [`StateStore::ingest`]; dropped, it removes
+/// its file.
+#[derive(Debug)]
+pub struct FinishedRun {
+    table: Table,
+    path: PathBuf,
+}
+
+impl Drop for FinishedRun {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Remove sorted runs' files that a crash left behind in the store's directory.
+fn remove_run_files(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(RUN_FILE_PREFIX) && name.ends_with(".sst") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl StateBatch<'_> {

@@ -177,7 +177,11 @@ fn damaged_state_is_rebuilt_or_refused_never_wrong() {
         },
         &mut outcomes,
     );
-    assert_eq!(outcomes.exact, before_rows_ahead + 1, "rows past the applied LSN");
+    assert_eq!(
+        outcomes.exact,
+        before_rows_ahead + 1,
+        "rows past the applied LSN"
+    );
     let before_ahead = outcomes.refused_open;
     // Ahead: the log of the first half under the state of the whole: acknowledged records
     // are missing from the log, which must refuse to open rather than serve.

@@ -8,3 +8,4 @@ mod fuzz_corpus;
 mod lock;
 mod power_loss;
 mod round_trip;
+mod sorted_runs;
