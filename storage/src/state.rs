@@ -40,6 +40,11 @@ pub enum Table {
 impl Table {
     pub const ALL: [Table; 3] = [Table::Meta, Table::Events, Table::Dedup];
 
+    /// Whether the engine reads the table by whole keys (else by prefix scans).
+    fn is_read_by_key(self) -> bool {
+        matches!(self, Table::Meta)
+    }
+
     fn cf_name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
@@ -113,9 +118,9 @@ impl Default for StateOptions {
 pub struct StateStore {
     db: DB,
     path: PathBuf,
-    /// How sorted runs' files are written: the tables' block format, uncompressed like
-    /// RocksDB's own flushes to the first levels.
-    run_options: Options,
+    /// How sorted runs' files are written, by table (in `Table::ALL` order): the table's
+    /// block format, uncompressed like RocksDB's own flushes to the first levels.
+    run_options: [Options; 3],
     /// The number of the next sorted run's file.
     next_run: AtomicU64,
 }
@@ -174,20 +179,28 @@ impl StateStore {
             source,
         })?;
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let block_format = |cache: Option<&Cache>| {
+        let block_format = |table: Table, cache: Option<&Cache>| {
             let mut block = BlockBasedOptions::default();
             if let Some(cache) = cache {
                 block.set_block_cache(cache);
             }
-            block.set_bloom_filter(10.0, false);
+            // A whole-key Bloom filter serves point reads only: the other tables are read
+            // by prefix scans, which it cannot skip, and building it costs every flush,
+            // compaction and sorted run (and memory: filters stay outside the cache).
+            if table.is_read_by_key() {
+                block.set_bloom_filter(10.0, false);
+            }
             block
         };
-        let mut run_options = Options::default();
-        run_options.set_block_based_table_factory(&block_format(None));
-        run_options.set_compression_type(rocksdb::DBCompressionType::None);
+        let run_options = Table::ALL.map(|table| {
+            let mut run = Options::default();
+            run.set_block_based_table_factory(&block_format(table, None));
+            run.set_compression_type(rocksdb::DBCompressionType::None);
+            run
+        });
         let families = Table::ALL.map(|table| {
             let mut cf = Options::default();
-            cf.set_block_based_table_factory(&block_format(Some(&cache)));
+            cf.set_block_based_table_factory(&block_format(table, Some(&cache)));
             cf.set_write_buffer_size(options.write_buffer_bytes);
             // Fresh data (L0, L1) is rewritten soon by compaction: compressing it costs CPU
             // on the checkpoint path for little; compress the levels that stay.
@@ -357,7 +370,8 @@ impl StateStore {
     pub fn sorted_run(&self, table: Table) -> Result<SortedRun<'_>, StateError> {
         let number = self.next_run.fetch_add(1, Ordering::Relaxed);
         let path = self.path.join(format!("{RUN_FILE_PREFIX}{number}.sst"));
-        let writer = SstFileWriter::create(&self.run_options);
+        let options = Table::ALL.iter().position(|&t| t == table);
+        let writer = SstFileWriter::create(&self.run_options[options.expect("every table")]);
         writer.open(&path).map_err(|e| self.rocks(e))?;
         Ok(SortedRun {
             store: self,
