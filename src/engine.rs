@@ -425,7 +425,7 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 
 /// `stream · entity · first LSN` — the key of a chunk of an entity's rows.
 fn chunk_key(stream: u32, entity: &str, first_lsn: Lsn) -> Vec<u8> {
-    KeyBuf::new()
+    KeyBuf::with_capacity(4 + 2 + entity.len() + 8)
         .u32(stream)
         .bytes(entity.as_bytes())
         .u64(first_lsn)
@@ -1154,19 +1154,42 @@ fn encode_chunks(
     rows: &page::Page,
     chunks: &mut Vec<(Vec<u8>, Vec<u8>)>,
 ) {
+    for_each_chunk(stream, entity, rows, |key, view| {
+        chunks.push((key, view.encode()));
+        Ok(())
+    })
+    .expect("pushing cannot fail");
+}
+
+/// Cut an entity's rows, sorted by (time, LSN), into chunks of at most `CHUNK_ROWS_MAX`
+/// rows, each keyed by its smallest LSN, and hand each key and chunk to `take`, in key
+/// order; stops at `take`'s first error.
+fn for_each_chunk(
+    stream: &StreamState,
+    entity: &str,
+    rows: &page::Page,
+    mut take: impl FnMut(Vec<u8>, chunk::ChunkView<'_>) -> Result<()>,
+) -> Result<()> {
     let strings = stream.strings.read();
-    for start in (0..rows.len()).step_by(chunk::CHUNK_ROWS_MAX) {
-        let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
-        let first = range.clone().map(|row| rows.lsn(row)).min();
-        let first = first.expect("chunk ranges are not empty");
+    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = (0..rows.len())
+        .step_by(chunk::CHUNK_ROWS_MAX)
+        .map(|start| {
+            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
+            let first = range.clone().map(|row| rows.lsn(row)).min();
+            (first.expect("chunk ranges are not empty"), range)
+        })
+        .collect();
+    chunks.sort_unstable_by_key(|(first, _)| *first);
+    for (first, range) in chunks {
         let view = chunk::ChunkView {
             rows,
             range,
             types: &stream.field_types,
             strings: &strings,
         };
-        chunks.push((chunk_key(stream.id, entity, first), view.encode()));
+        take(chunk_key(stream.id, entity, first), view)?;
     }
+    Ok(())
 }
 
 /// What opening reads from the state store before replaying the log's tail.
@@ -1725,6 +1748,38 @@ mod tests {
             }
         }
         assert_eq!(super::dedup_hash(1, "t-1"), PINNED);
+    }
+
+    /// An entity's chunks come in key order (a sorted run refuses anything else) and hold
+    /// every row once, however its LSNs and times are shuffled.
+    #[test]
+    fn chunks_come_in_key_order_with_every_row() {
+        let definitions = crate::catalog::parse_definitions(
+            "[[stream]]\nname = \"s\"\nentity = \"k\"\ntime = \"ts\"\n[stream.fields]\nv = \"int\"\n",
+        )
+        .unwrap();
+        let stream = super::StreamState::new(3, definitions.streams[0].clone());
+        let mut page = super::page::Page::new(1);
+        let rows = 3 * super::chunk::CHUNK_ROWS_MAX + 17;
+        // Times in order, LSNs the other way (events that arrived latest first): the
+        // chunks' first LSNs fall as their time ranges rise.
+        for row in 0..rows as u64 {
+            page.push(row as i64, rows as u64 - row, &[Some(row)]);
+        }
+        let mut keys = Vec::new();
+        let mut seen = 0;
+        super::for_each_chunk(&stream, "e", &page, |key, chunk| {
+            seen += chunk.range.len();
+            keys.push(key);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, rows);
+        assert_eq!(keys.len(), rows.div_ceil(super::chunk::CHUNK_ROWS_MAX));
+        assert!(
+            keys.windows(2).all(|pair| pair[0] < pair[1]),
+            "keys in order"
+        );
     }
 
     const PINNED: u128 = 0x4d9a551b_415505b7_ca0d2aae_5f32f675;

@@ -27,27 +27,33 @@ pub(crate) struct ChunkView<'a> {
 impl ChunkView<'_> {
     /// The chunk's bytes: its one field, the rows (a sequence of `(time, LSN, values)`).
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`ChunkView::encode`], appended to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         let rows = self.rows;
         // A row takes ~12 bytes for time and LSN and ~6 per cell: one allocation, mostly.
-        let mut out = Vec::with_capacity(8 + self.range.len() * (12 + 6 * self.types.len()));
-        wire::put_unsigned(&mut out, self.range.len() as u64);
+        out.reserve(8 + self.range.len() * (12 + 6 * self.types.len()));
+        wire::put_unsigned(out, self.range.len() as u64);
         for row in self.range.clone() {
-            wire::put_signed(&mut out, rows.time(row));
-            wire::put_unsigned(&mut out, rows.lsn(row));
-            wire::put_unsigned(&mut out, self.types.len() as u64);
+            wire::put_signed(out, rows.time(row));
+            wire::put_unsigned(out, rows.lsn(row));
+            wire::put_unsigned(out, self.types.len() as u64);
             for (column, ty) in self.types.iter().enumerate() {
                 match (rows.cell(column, row), ty) {
-                    (None, _) => wire::put_null(&mut out),
-                    (Some(raw), FieldType::Int) => wire::put_int(&mut out, raw as i64),
-                    (Some(raw), FieldType::Float) => wire::put_float(&mut out, f64::from_bits(raw)),
+                    (None, _) => wire::put_null(out),
+                    (Some(raw), FieldType::Int) => wire::put_int(out, raw as i64),
+                    (Some(raw), FieldType::Float) => wire::put_float(out, f64::from_bits(raw)),
                     (Some(raw), FieldType::String) => {
-                        wire::put_string(&mut out, self.strings.get(StrId(raw as u32)))
+                        wire::put_string(out, self.strings.get(StrId(raw as u32)))
                     }
-                    (Some(raw), FieldType::Bool) => wire::put_bool(&mut out, raw != 0),
+                    (Some(raw), FieldType::Bool) => wire::put_bool(out, raw != 0),
                 }
             }
         }
-        out
     }
 }
 

@@ -33,7 +33,7 @@ use fsdb_storage::log::Scan;
 use fsdb_storage::state::{FinishedRun, Table};
 use rustc_hash::FxHashMap;
 
-use super::{EntityState, Inner, StreamState, apply_to, dedup_hash, encode_chunks};
+use super::{EntityState, Inner, StreamState, apply_to, dedup_hash, entity_prefix, for_each_chunk};
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
@@ -199,17 +199,24 @@ impl Owned {
         inner: &Inner,
         streams: &[Arc<StreamState>],
     ) -> Result<Option<FinishedRun>> {
-        let mut chunks = Vec::new();
-        for (stream, entities) in streams.iter().zip(&mut self.entities) {
-            for (name, state) in entities.drain() {
-                let rows = state.unpersisted.into_sorted();
-                encode_chunks(stream, &name, &rows, &mut chunks);
+        // A run takes keys in order: entities by their keys' common prefix, then each
+        // entity's chunks in order (`for_each_chunk`).
+        let mut entities: Vec<(Vec<u8>, &StreamState, Box<str>, EntityState)> = Vec::new();
+        for (stream, owned) in streams.iter().zip(&mut self.entities) {
+            for (name, state) in owned.drain() {
+                entities.push((entity_prefix(stream.id, &name), stream, name, state));
             }
         }
-        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut run = inner.state.sorted_run(Table::Events)?;
-        for (key, value) in &chunks {
-            run.put(key, value)?;
+        let mut value = Vec::new();
+        for (_, stream, name, state) in entities {
+            let rows = state.unpersisted.into_sorted();
+            for_each_chunk(stream, &name, &rows, |key, chunk| {
+                value.clear();
+                chunk.encode_into(&mut value);
+                Ok(run.put(&key, &value)?)
+            })?;
         }
         self.events = 0;
         Ok(run.finish()?)

@@ -12,6 +12,11 @@ impl KeyBuf {
         Self::default()
     }
 
+    /// A builder with room for a key of `bytes` bytes.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self(Vec::with_capacity(bytes))
+    }
+
     pub fn u32(mut self, v: u32) -> Self {
         self.0.extend_from_slice(&v.to_be_bytes());
         self
