@@ -1538,6 +1538,12 @@ impl Inner {
         }
     }
 
+    /// The key of a new chunk of accepted ids (each chunk is written once).
+    fn new_id_chunk_key(&self) -> Vec<u8> {
+        let number = self.next_id_chunk.fetch_add(1, Ordering::Relaxed);
+        KeyBuf::new().u64(number).into_vec()
+    }
+
     /// Persist every applied event not yet in the state store, with `applied_lsn`.
     pub(crate) fn checkpoint(&self) -> Result<()> {
         let _one_at_a_time = self.checkpointing.lock();
@@ -1603,10 +1609,7 @@ impl Inner {
                 batch.put(Table::Events, key, value);
             }
             if !ids.is_empty() {
-                let key = KeyBuf::new()
-                    .u64(self.next_id_chunk.fetch_add(1, Ordering::Relaxed))
-                    .into_vec();
-                batch.put(Table::Dedup, &key, &pack_ids(&ids));
+                batch.put(Table::Dedup, &self.new_id_chunk_key(), &pack_ids(&ids));
             }
             if let Some((catalog, catalog_lsn)) = &catalog {
                 batch.put(Table::Meta, CATALOG_KEY, catalog);
