@@ -1727,6 +1727,18 @@ impl Inner {
 }
 
 #[cfg(test)]
+impl StreamState {
+    /// A stream `s` (entity `k`, time `ts`) with one field `v` of the given type.
+    fn for_test(id: u32, field_type: &str) -> StreamState {
+        let toml = format!(
+            "[[stream]]\nname = \"s\"\nentity = \"k\"\ntime = \"ts\"\n[stream.fields]\nv = \"{field_type}\"\n"
+        );
+        let definitions = crate::catalog::parse_definitions(&toml).expect("a valid stream");
+        StreamState::new(id, definitions.streams[0].clone())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     /// Id hashes are persisted (the dedup table): the short-id path gives the streaming
     /// hasher's value at every length around its cut, and a pinned value stays.
@@ -1757,11 +1769,7 @@ mod tests {
     /// every row once, however its LSNs and times are shuffled.
     #[test]
     fn chunks_come_in_key_order_with_every_row() {
-        let definitions = crate::catalog::parse_definitions(
-            "[[stream]]\nname = \"s\"\nentity = \"k\"\ntime = \"ts\"\n[stream.fields]\nv = \"int\"\n",
-        )
-        .unwrap();
-        let stream = super::StreamState::new(3, definitions.streams[0].clone());
+        let stream = super::StreamState::for_test(3, "int");
         let mut page = super::page::Page::new(1);
         let rows = 3 * super::chunk::CHUNK_ROWS_MAX + 17;
         // Times in order, LSNs the other way (events that arrived latest first): the

@@ -90,12 +90,43 @@ struct Decoded<'a> {
     ids: Vec<u128>,
 }
 
+/// The ids of the strings one decode thread has interned, by stream, kept from batch to
+/// batch: the streams' string tables are shared, behind a lock, and a cache that borrowed
+/// its keys from the batch compared each string with one far back in it.
+#[derive(Default)]
+struct InternCache {
+    by_stream: Vec<FxHashMap<Box<str>, u64>>,
+}
+
+/// Distinct strings an [`InternCache`] keeps per stream before it starts again (a field of
+/// unbounded cardinality must not grow it without end).
+const INTERN_CACHE_STRINGS_MAX: usize = 1 << 16;
+
+impl InternCache {
+    fn id(&mut self, stream: usize, state: &StreamState, s: &str) -> u64 {
+        if self.by_stream.len() <= stream {
+            self.by_stream.resize_with(stream + 1, FxHashMap::default);
+        }
+        let cached = &mut self.by_stream[stream];
+        if let Some(&id) = cached.get(s) {
+            return id;
+        }
+        if cached.len() >= INTERN_CACHE_STRINGS_MAX {
+            cached.clear();
+        }
+        let id = u64::from(state.strings.intern(s).0);
+        cached.insert(s.into(), id);
+        id
+    }
+}
+
 impl<'a> Decoded<'a> {
     /// Decode `records` of `bytes` (events: see [`RecordBatch`]) and route them.
     fn events(
         bytes: &'a [u8],
         records: &[(Lsn, usize, usize)],
         streams: &[Arc<StreamState>],
+        interned: &mut InternCache,
     ) -> Result<Decoded<'a>> {
         let mut decoded = Decoded::default();
         // Room for the usual split, so that the lists rarely grow (and copy themselves).
@@ -111,9 +142,6 @@ impl<'a> Decoded<'a> {
         }
         decoded.ids.reserve(records.len());
         let mut values: Vec<ValueBorrowed<'a>> = Vec::new();
-        // The streams' string tables are shared with the other thread: intern each string
-        // of the part once.
-        let mut interned: FxHashMap<(u32, &'a str), u64> = FxHashMap::default();
         for &(lsn, start, end) in records {
             let entry = wire::decode_entry_into(&bytes[start..end], &mut values)
                 .map_err(|source| Error::BadRecord { lsn, source })?;
@@ -147,11 +175,9 @@ impl<'a> Decoded<'a> {
                     (ValueBorrowed::Int(i), FieldType::Int) => Some(*i as u64),
                     (ValueBorrowed::Float(f), FieldType::Float) => Some(f.to_bits()),
                     (ValueBorrowed::Bool(b), FieldType::Bool) => Some(u64::from(*b)),
-                    (ValueBorrowed::String(s), FieldType::String) => Some(
-                        *interned
-                            .entry((stream, s))
-                            .or_insert_with(|| u64::from(state.strings.intern(s).0)),
-                    ),
+                    (ValueBorrowed::String(s), FieldType::String) => {
+                        Some(interned.id(stream as usize, state, s))
+                    }
                     _ => return Err(mismatch("a value not of its field's type")),
                 });
             }
@@ -232,6 +258,8 @@ impl Owned {
 struct Replay {
     owners: [Owned; 2],
     ids: Vec<u128>,
+    /// One per decode thread.
+    interned: [InternCache; 2],
 }
 
 impl Inner {
@@ -308,9 +336,10 @@ impl Inner {
         let streams = self.registry.read().streams.clone();
         let (bytes, records) = (&batch.bytes[..], &batch.records[..]);
         let (front, back) = records.split_at(records.len() / 2);
+        let [front_interned, back_interned] = &mut replay.interned;
         let (front, back) = std::thread::scope(|scope| {
-            let back = scope.spawn(|| Decoded::events(bytes, back, &streams));
-            let front = Decoded::events(bytes, front, &streams);
+            let back = scope.spawn(|| Decoded::events(bytes, back, &streams, back_interned));
+            let front = Decoded::events(bytes, front, &streams, front_interned);
             (front, back.join().expect("replay decoder panicked"))
         });
         let (front, back) = (front?, back?);
@@ -406,6 +435,26 @@ fn read_batches(
         }
         if batch.records.is_empty() || full.send(Ok(batch)).is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache answers the stream's table's ids, and starts again past its bound.
+    #[test]
+    fn intern_cache_gives_the_tables_ids_within_its_bound() {
+        let stream = StreamState::for_test(0, "string");
+        let mut cache = InternCache::default();
+        for _round in 0..2 {
+            for i in 0..INTERN_CACHE_STRINGS_MAX + 10 {
+                let s = format!("s{i}");
+                let table = u64::from(stream.strings.intern(&s).0);
+                assert_eq!(cache.id(0, &stream, &s), table, "{s}");
+                assert!(cache.by_stream[0].len() <= INTERN_CACHE_STRINGS_MAX);
+            }
         }
     }
 }
