@@ -70,7 +70,7 @@ impl RecordBatch {
 #[derive(Default)]
 struct Routed<'a> {
     rows: Vec<RoutedEvent<'a>>,
-    /// The rows' cells, back to back (`RoutedEvent::cells` is where a row's start).
+    /// The rows' cells, back to back (`RoutedEvent::cells`: where a row's cells start).
     cells: Vec<Option<u64>>,
 }
 
