@@ -297,7 +297,9 @@ impl Inner {
                 self.flush_replayed(&mut replay)?;
             }
         }
-        self.flush_replayed(&mut replay)?;
+        if count > 0 {
+            self.flush_replayed(&mut replay)?;
+        }
         Ok(count)
     }
 
