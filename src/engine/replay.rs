@@ -359,9 +359,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Persist what the replay applied since its last flush: the rows by both owners, then
-    /// the ids, the catalog and `applied_lsn` (the watermark: every record read so far) in
-    /// one checkpoint commit.
+    /// Persist what the replay applied since its last flush: the rows of both owners and the
+    /// ids, as sorted runs written on three threads and ingested; then the catalog and
+    /// `applied_lsn` (the watermark: every record read so far) in one checkpoint commit.
     fn flush_replayed(&self, replay: &mut Replay) -> Result<()> {
         // Rows reflect log records: those must be durable before state is (in NoSync and
         // Interval modes, a replayed record may not be yet).
