@@ -59,7 +59,8 @@ pub struct Options {
     pub limits: EventLimits,
     /// Log segment size.
     pub segment_bytes_max: u64,
-    /// Checkpoint state to RocksDB once this many events are applied but not yet persisted.
+    /// Checkpoint state to RocksDB once this many events are applied but not yet persisted
+    /// (a replay flushes at the same count).
     pub checkpoint_events: usize,
     /// ...or when this much time has passed with any pending.
     pub checkpoint_interval_ms: u64,
@@ -375,7 +376,7 @@ struct PreparedEvent<'a> {
     cells: &'a [Option<u64>],
 }
 
-/// What applying one batch of entries leaves for the checkpointer.
+/// What applying one appended batch leaves for the checkpointer.
 #[derive(Default)]
 struct Applied {
     /// Entities that got their first unpersisted event.
@@ -1140,25 +1141,14 @@ fn encode_unpersisted(dirty: Vec<Dirty>) -> (Vec<(Dirty, usize)>, Vec<(Vec<u8>, 
             state.unpersisted.clone()
         };
         let rows = rows.into_sorted();
-        encode_chunks(&entity.stream, &entity.name, &rows, &mut chunks);
+        for_each_chunk(&entity.stream, &entity.name, &rows, |key, view| {
+            chunks.push((key, view.encode()));
+            Ok(())
+        })
+        .expect("pushing cannot fail");
         written.push((entity, rows.len()));
     }
     (written, chunks)
-}
-
-/// Encode an entity's rows, sorted by (time, LSN), as chunks of at most `CHUNK_ROWS_MAX`
-/// rows, each keyed by its smallest LSN, added to `chunks` as (key, value).
-fn encode_chunks(
-    stream: &StreamState,
-    entity: &str,
-    rows: &page::Page,
-    chunks: &mut Vec<(Vec<u8>, Vec<u8>)>,
-) {
-    for_each_chunk(stream, entity, rows, |key, view| {
-        chunks.push((key, view.encode()));
-        Ok(())
-    })
-    .expect("pushing cannot fail");
 }
 
 /// Cut an entity's rows, sorted by (time, LSN), into chunks of at most `CHUNK_ROWS_MAX`
@@ -1577,7 +1567,7 @@ impl Inner {
         let (written, chunks) = if dirty.len() < PARALLEL_ENCODE_ENTITIES_MIN {
             encode_unpersisted(dirty)
         } else {
-            // Half each on two threads (a replay's checkpoints, a backlog of ingest).
+            // Half each on two threads (a backlog of ingest; a replay writes its own).
             let mut first = dirty;
             let second = first.split_off(first.len() / 2);
             let (mut a, b) = std::thread::scope(|scope| {
