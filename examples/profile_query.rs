@@ -37,7 +37,8 @@ fn main() {
     for e in &entities {
         db.latest(e, &features).unwrap();
     }
-    let n = 200_000;
+    // FSDB_QUERIES: how many of each (fewer under valgrind).
+    let n: usize = std::env::var("FSDB_QUERIES").map_or(200_000, |n| n.parse().unwrap());
     let start = Instant::now();
     for i in 0..n {
         std::hint::black_box(db.latest(&entities[i % entities.len()], &features).unwrap());

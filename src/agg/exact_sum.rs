@@ -75,9 +75,21 @@ impl ExactSum {
     /// Add `x`, which must be finite.
     pub fn add(&mut self, x: f64) {
         let (m, e) = decompose(x);
-        if m != 0 {
-            self.add_scaled(i128::from(m), e);
+        if m == 0 {
+            return;
         }
+        // The common case, in short: a narrow sum at a scale no finer than `x`'s, whose
+        // mantissa `x`'s (53 bits, shifted by less than 64) cannot overflow on its way in.
+        // The same result as `add_scaled`'s general path (`narrow_add`).
+        if let Repr::Narrow { mantissa, scale } = &mut self.0
+            && *mantissa != 0
+            && let Ok(shift @ 0..64) = u32::try_from(e - *scale)
+            && let Some(sum) = mantissa.checked_add(i128::from(m) << shift)
+        {
+            *mantissa = sum;
+            return;
+        }
+        self.add_scaled(i128::from(m), e);
     }
 
     /// Subtract `x`, which must be finite.
@@ -197,7 +209,12 @@ fn narrow_add(a: i128, sa: i32, b: i128, sb: i32) -> Option<(i128, i32)> {
     if shift >= 127 {
         return None;
     }
-    let shifted = hi.checked_mul(1i128 << shift)?;
+    // `hi << shift` is exact iff shifting back gives `hi` (a shift, not an i128
+    // multiplication with an overflow check, which is a call to a runtime helper).
+    let shifted = hi << shift;
+    if shifted >> shift != hi {
+        return None;
+    }
     Some((shifted.checked_add(lo)?, lo_scale))
 }
 
@@ -317,6 +334,51 @@ fn scale_by_pow2(mut x: f64, mut k: i32) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The narrow sum by multiplication with an overflow check, as the reference.
+    fn narrow_add_by_mul(a: i128, sa: i32, b: i128, sb: i32) -> Option<(i128, i32)> {
+        let (hi, hs, lo, ls) = if sa >= sb {
+            (a, sa, b, sb)
+        } else {
+            (b, sb, a, sa)
+        };
+        let shift = u32::try_from(hs - ls).ok().filter(|&s| s < 127)?;
+        Some((hi.checked_mul(1i128 << shift)?.checked_add(lo)?, ls))
+    }
+
+    /// Shifting with a check gives what multiplying did, at every edge of the range.
+    #[test]
+    fn narrow_add_fits_exactly_when_multiplying_does() {
+        let magnitudes = [
+            0,
+            1,
+            -1,
+            3,
+            -3,
+            i128::MAX,
+            i128::MIN,
+            i128::MAX >> 1,
+            i128::MIN >> 1,
+            (i128::MAX >> 1) + 1,
+            (i128::MIN >> 1) - 1,
+            1 << 60,
+            -(1 << 60),
+            (1 << 66) - 1,
+        ];
+        for &a in &magnitudes {
+            for &b in &[0i128, 1, -1, i128::MAX, i128::MIN] {
+                for shift in [0, 1, 2, 60, 61, 62, 63, 64, 65, 66, 67, 125, 126, 127, 200] {
+                    for (sa, sb) in [(shift, 0), (0, shift)] {
+                        assert_eq!(
+                            narrow_add(a, sa, b, sb),
+                            narrow_add_by_mul(a, sa, b, sb),
+                            "{a} * 2^{sa} + {b} * 2^{sb}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn heap_bytes_count_the_wide_limbs() {
