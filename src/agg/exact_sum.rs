@@ -503,6 +503,21 @@ mod tests {
             prop_assert_eq!(exact(&xs).to_bits(), whole.to_bits());
         }
 
+        /// `add`'s short path leaves the very state the general one does.
+        #[test]
+        fn add_equals_the_general_path(xs in prop::collection::vec(interesting_f64(), 0..40)) {
+            let mut short = ExactSum::new();
+            let mut general = ExactSum::new();
+            for &x in &xs {
+                short.add(x);
+                let (m, e) = decompose(x);
+                if m != 0 {
+                    general.add_scaled(i128::from(m), e);
+                }
+                prop_assert_eq!(&short, &general, "after {}", x);
+            }
+        }
+
         /// Adding then subtracting leaves exactly the original sum.
         #[test]
         fn subtraction_is_exact(xs in prop::collection::vec(interesting_f64(), 0..20), ys in prop::collection::vec(interesting_f64(), 0..20)) {
