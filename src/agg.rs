@@ -671,6 +671,7 @@ impl AggSpec {
     }
 
     /// Fold one value in.
+    #[inline]
     pub fn update(&self, acc: &mut Acc, item: Item, strings: &dyn Strings) {
         match (self.kind, acc) {
             (AggKind::Count, Acc::Count(s)) => Count.update(s, item, strings),
