@@ -78,9 +78,10 @@ impl ExactSum {
         if m == 0 {
             return;
         }
-        // The common case, in short: a narrow sum at a scale no finer than `x`'s, whose
-        // mantissa `x`'s (53 bits, shifted by less than 64) cannot overflow on its way in.
-        // The same result as `add_scaled`'s general path (`narrow_add`).
+        // The common case, in short: a narrow sum whose scale is as fine as `x`'s or finer
+        // by fewer than 64 bits, so that `x`'s mantissa (at most 53 bits) shifted onto it
+        // fits an `i128` and only the addition can overflow. The same result as
+        // `add_scaled`'s general path (`narrow_add`).
         if let Repr::Narrow { mantissa, scale } = &mut self.0
             && *mantissa != 0
             && let Ok(shift @ 0..64) = u32::try_from(e - *scale)
