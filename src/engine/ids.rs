@@ -178,17 +178,39 @@ const PARALLEL_INSERT_MIN: usize = 1 << 16;
 
 /// Insert `rotated` (nonzero, any order, repeats allowed) into `shards`, the shards from
 /// number `first` on, which hold all of them; returns how many were absent.
-fn insert_into_shards(shards: &mut [Shard], first: usize, mut rotated: Vec<u128>) -> usize {
-    // Shard order, then slot order within a shard.
-    rotated.sort_unstable_by_key(|&r| (shard_of(r.rotate_right(64)), r));
-    rotated.dedup();
+fn insert_into_shards(shards: &mut [Shard], first: usize, rotated: Vec<u128>) -> usize {
+    // By shard with a counting sort, then each shard's ids in slot order on their own: a
+    // sort of the whole list would compare (shard, id) pairs at every level.
+    let shard = |r: u128| shard_of(r.rotate_right(64)) - first;
+    let mut starts = vec![0usize; shards.len() + 1];
+    for &r in &rotated {
+        starts[shard(r) + 1] += 1;
+    }
+    for index in 1..starts.len() {
+        starts[index] += starts[index - 1];
+    }
+    let mut next = starts.clone();
+    let mut by_shard = vec![0u128; rotated.len()];
+    for &r in &rotated {
+        let index = shard(r);
+        by_shard[next[index]] = r;
+        next[index] += 1;
+    }
     let mut added = 0;
-    let mut rest = rotated.as_slice();
-    while let Some(&r) = rest.first() {
-        let index = shard_of(r.rotate_right(64));
-        let end = rest.partition_point(|&r| shard_of(r.rotate_right(64)) == index);
-        added += shards[index - first].insert_sorted(&rest[..end]);
-        rest = &rest[end..];
+    for (index, target) in shards.iter_mut().enumerate() {
+        let ids = &mut by_shard[starts[index]..starts[index + 1]];
+        if ids.is_empty() {
+            continue;
+        }
+        ids.sort_unstable();
+        let mut distinct = 1;
+        for at in 1..ids.len() {
+            if ids[at] != ids[distinct - 1] {
+                ids[distinct] = ids[at];
+                distinct += 1;
+            }
+        }
+        added += target.insert_sorted(&ids[..distinct]);
     }
     added
 }
