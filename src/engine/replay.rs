@@ -221,35 +221,34 @@ impl Owned {
         self.events += routed.rows.len();
     }
 
-    /// Write every owned entity's rows as chunks to a sorted run of the state store (for
-    /// the caller to ingest) and drop the states.
-    fn persist(
-        &mut self,
-        inner: &Inner,
-        streams: &[Arc<StreamState>],
-    ) -> Result<Option<FinishedRun>> {
-        // A run takes keys in order: entities by their keys' common prefix, then each
-        // entity's chunks in order (`for_each_chunk`).
-        let mut entities: Vec<(Vec<u8>, &StreamState, Box<str>, EntityState)> = Vec::new();
+    /// Take the owned entities out (the owner keeps none), each with its key prefix.
+    fn drain<'s>(&mut self, streams: &'s [Arc<StreamState>], into: &mut Vec<Persisting<'s>>) {
         for (stream, owned) in streams.iter().zip(&mut self.entities) {
             for (name, state) in owned.drain() {
-                entities.push((entity_prefix(stream.id, &name), stream, name, state));
+                into.push((entity_prefix(stream.id, &name), stream, name, state));
             }
         }
-        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut run = inner.state.sorted_run(Table::Events)?;
-        let mut value = Vec::new();
-        for (_, stream, name, state) in entities {
-            let rows = state.unpersisted.into_sorted();
-            for_each_chunk(stream, &name, &rows, |key, chunk| {
-                value.clear();
-                chunk.encode_into(&mut value);
-                Ok(run.put(&key, &value)?)
-            })?;
-        }
         self.events = 0;
-        Ok(run.finish()?)
     }
+}
+
+/// An entity on its way to a sorted run: its keys' common prefix, stream, name and state.
+type Persisting<'s> = (Vec<u8>, &'s StreamState, Box<str>, EntityState);
+
+/// Write `entities` (in key order) as chunks to a sorted run of the state store, for the
+/// caller to ingest.
+fn write_run(inner: &Inner, entities: Vec<Persisting<'_>>) -> Result<Option<FinishedRun>> {
+    let mut run = inner.state.sorted_run(Table::Events)?;
+    let mut value = Vec::new();
+    for (_, stream, name, state) in entities {
+        let rows = state.unpersisted.into_sorted();
+        for_each_chunk(stream, &name, &rows, |key, chunk| {
+            value.clear();
+            chunk.encode_into(&mut value);
+            Ok(run.put(&key, &value)?)
+        })?;
+    }
+    Ok(run.finish()?)
 }
 
 /// A replay in progress: the entities of each parity, and the ids applied since the last
@@ -367,20 +366,37 @@ impl Inner {
         // Interval modes, a replayed record may not be yet).
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
-        let [even, odd] = &mut replay.owners;
+        // A run takes keys in order: entities by their keys' common prefix, then each
+        // entity's chunks in order (`for_each_chunk`). Two runs of adjacent key ranges
+        // with about as many rows each, whatever entities the owners held (the parity
+        // of the hottest entity can hold several times the other's share).
+        let mut front = Vec::new();
+        for owned in &mut replay.owners {
+            owned.drain(&streams, &mut front);
+        }
+        front.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let rows: usize = front.iter().map(|e| e.3.unpersisted.len()).sum();
+        let mut rows_before = 0;
+        let split = (front.iter())
+            .take_while(|e| {
+                rows_before += e.3.unpersisted.len();
+                rows_before <= rows / 2
+            })
+            .count();
+        let back = front.split_off(split);
         let ids = &replay.ids;
-        let (even_run, odd_run, ids_run) = std::thread::scope(|scope| {
-            let odd_run = scope.spawn(|| odd.persist(self, &streams));
+        let (front_run, back_run, ids_run) = std::thread::scope(|scope| {
+            let back_run = scope.spawn(|| write_run(self, back));
             let ids_run = scope.spawn(|| self.persist_replayed_ids(ids));
-            let even_run = even.persist(self, &streams);
-            let odd_run = odd_run.join().expect("replay writer panicked");
+            let front_run = write_run(self, front);
+            let back_run = back_run.join().expect("replay writer panicked");
             (
-                even_run,
-                odd_run,
+                front_run,
+                back_run,
                 ids_run.join().expect("replay id writer panicked"),
             )
         });
-        let runs = [even_run?, odd_run?].into_iter().flatten().collect();
+        let runs = [front_run?, back_run?].into_iter().flatten().collect();
         self.state.ingest(Table::Events, runs)?;
         self.state
             .ingest(Table::Dedup, ids_run?.into_iter().collect())?;
