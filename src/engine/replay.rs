@@ -17,9 +17,10 @@
 //!
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
 //! only the events since the last flush. A flush (every `checkpoint_events` events, and at
-//! the end) has each apply thread write its entities' rows as chunks to a sorted run (a
-//! file of RocksDB's table format: no WAL, no memtable, no flush later) and a third thread
-//! the ids as a run of one chunk; the runs are ingested into the state store, then the
+//! the end) takes the entities of both owners in key order and has two threads write their
+//! rows as chunks to two sorted runs of adjacent key ranges, about as many rows each (a run
+//! is a file of RocksDB's table format: no WAL, no memtable, no flush later), and a third
+//! thread the ids as a run of one chunk; the runs are ingested into the state store, then the
 //! catalog and `applied_lsn` are committed with [`Inner::checkpoint`], and the states
 //! dropped: a replay leaves no entity in memory, and holds at most one flush's
 //! events. A crash between the ingestion and that commit leaves rows and ids persisted past
