@@ -1252,7 +1252,12 @@ fn reset_state(state_dir: &Path, options: &StateOptions) -> Result<StateStore> {
 
 /// A dedup chunk: accepted id hashes, 16 bytes each, little-endian.
 fn pack_ids(ids: &[u128]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+    // (A `flat_map` over the arrays cost ~70 instructions an id, this loop a few.)
+    let mut packed = Vec::with_capacity(ids.len() * 16);
+    for id in ids {
+        packed.extend_from_slice(&id.to_le_bytes());
+    }
+    packed
 }
 
 fn unpack_ids<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u128> + 'a> {
