@@ -112,12 +112,20 @@ pub(crate) fn put_bool(out: &mut Vec<u8>, b: bool) {
     out.push(u8::from(b));
 }
 
-/// An unsigned integer (also a length, or a variant index).
-#[inline]
+/// An unsigned integer (also a length, or a variant index). The one-byte form, which most
+/// are (tags, lengths, small ints), is inlined at every call; the wider ones are a call.
+#[inline(always)]
 pub(crate) fn put_unsigned(out: &mut Vec<u8>, n: u64) {
     if n <= u64::from(SINGLE_BYTE_MAX) {
         out.push(n as u8);
-    } else if n <= u64::from(u16::MAX) {
+    } else {
+        put_wide_unsigned(out, n);
+    }
+}
+
+#[inline(never)]
+fn put_wide_unsigned(out: &mut Vec<u8>, n: u64) {
+    if n <= u64::from(u16::MAX) {
         out.push(U16_MARK);
         out.extend_from_slice(&(n as u16).to_le_bytes());
     } else if n <= u64::from(u32::MAX) {
