@@ -26,6 +26,12 @@ pub(crate) struct CompiledFeature {
 /// A `where` expression over column indices.
 #[derive(Debug)]
 pub(crate) enum Filter {
+    /// `bool_field == value` (or `!= !value`): the usual filter, tested without the general
+    /// comparison. False for a null, as any comparison.
+    BoolIs {
+        column: usize,
+        value: bool,
+    },
     Cmp {
         column: usize,
         ty: FieldType,
@@ -84,7 +90,11 @@ impl Filter {
                     Literal::Int(v) => Lit::Int(*v),
                     Literal::Float(v) => Lit::Float(*v),
                     Literal::Str(s) => Lit::Str(strings.intern(s)),
-                    Literal::Bool(v) => Lit::Bool(*v),
+                    Literal::Bool(v) => match op {
+                        CmpOp::Eq => return Filter::BoolIs { column, value: *v },
+                        CmpOp::Ne => return Filter::BoolIs { column, value: !*v },
+                        _ => Lit::Bool(*v),
+                    },
                 };
                 Filter::Cmp {
                     column,
@@ -106,8 +116,19 @@ impl Filter {
     }
 
     /// Whether row `row` of `page` passes. A null field makes its comparison false.
+    #[inline]
     pub(crate) fn matches(&self, page: &Page, row: usize, strings: &dyn Strings) -> bool {
         match self {
+            Filter::BoolIs { column, value } => page
+                .cell(*column, row)
+                .is_some_and(|raw| (raw != 0) == *value),
+            _ => self.matches_in_general(page, row, strings),
+        }
+    }
+
+    fn matches_in_general(&self, page: &Page, row: usize, strings: &dyn Strings) -> bool {
+        match self {
+            Filter::BoolIs { .. } => self.matches(page, row, strings),
             Filter::And(a, b) => a.matches(page, row, strings) && b.matches(page, row, strings),
             Filter::Or(a, b) => a.matches(page, row, strings) || b.matches(page, row, strings),
             Filter::Not(a) => !a.matches(page, row, strings),
@@ -241,5 +262,63 @@ mod tests {
             cmp_int_float((1 << 53) + 1, 9_007_199_254_740_992.0),
             Ordering::Greater
         );
+    }
+
+    /// A boolean `==` / `!=` compiles to `BoolIs`, which passes the same rows (true, false,
+    /// null) as the general comparison, alone and inside `and`, `or` and `not`.
+    #[test]
+    fn bool_filters_pass_the_rows_the_general_comparison_does() {
+        let toml = "[[stream]]\nname = \"s\"\nentity = \"k\"\ntime = \"ts\"\n\
+                    [stream.fields]\nb = \"bool\"\ni = \"int\"\n";
+        let stream = crate::catalog::parse_definitions(toml).unwrap().streams[0].clone();
+        let strings = StringTable::default();
+        let column = stream.field_index("b").unwrap();
+        let mut page = Page::new(2);
+        for (row, b) in [Some(1), Some(0), None].into_iter().enumerate() {
+            page.push(row as i64, row as u64, &[b, Some(7)]);
+        }
+        for op in [CmpOp::Eq, CmpOp::Ne] {
+            for value in [true, false] {
+                let text = format!("b {} {value}", if op == CmpOp::Eq { "==" } else { "!=" });
+                let fast = Filter::compile(&filter::parse(&text).unwrap(), &stream, &strings);
+                assert!(matches!(fast, Filter::BoolIs { .. }), "{text}");
+                let general = || Filter::Cmp {
+                    column,
+                    ty: FieldType::Bool,
+                    op,
+                    literal: Lit::Bool(value),
+                };
+                for (outer, wrap) in [
+                    ("alone", &(|f| f) as &dyn Fn(Filter) -> Filter),
+                    ("not", &|f| Filter::Not(Box::new(f))),
+                    ("and", &|f| {
+                        Filter::And(
+                            Box::new(f),
+                            Box::new(Filter::Not(Box::new(Filter::Not(Box::new(general()))))),
+                        )
+                    }),
+                    ("or", &|f| {
+                        Filter::Or(Box::new(Filter::Not(Box::new(general()))), Box::new(f))
+                    }),
+                ] {
+                    let fast = wrap(Filter::compile(
+                        &filter::parse(&text).unwrap(),
+                        &stream,
+                        &strings,
+                    ));
+                    let slow = wrap(general());
+                    for row in 0..page.len() {
+                        let view = strings.read();
+                        assert_eq!(
+                            fast.matches(&page, row, &view),
+                            slow.matches(&page, row, &view),
+                            "{text} {outer}, row {row}"
+                        );
+                    }
+                }
+                // Null never passes a comparison.
+                assert!(!fast.matches(&page, 2, &strings.read()), "{text}");
+            }
+        }
     }
 }
