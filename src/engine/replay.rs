@@ -17,10 +17,9 @@
 //!
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
 //! only the events since the last flush. A flush (every `checkpoint_events` events, and at
-//! the end) takes the entities of both owners in key order and has two threads write their
-//! rows as chunks to two sorted runs of adjacent key ranges, about as many rows each (a run
-//! is a file of RocksDB's table format: no WAL, no memtable, no flush later), and a third
-//! thread the ids as a run of one chunk; the runs are ingested into the state store, then the
+//! the end) has each apply thread write its entities' rows as chunks to a sorted run (a
+//! file of RocksDB's table format: no WAL, no memtable, no flush later) and a third thread
+//! the ids as a run of one chunk; the runs are ingested into the state store, then the
 //! catalog and `applied_lsn` are committed with [`Inner::checkpoint`], and the states
 //! dropped: a replay leaves no entity in memory, and holds at most one flush's
 //! events. A crash between the ingestion and that commit leaves rows and ids persisted past
@@ -222,34 +221,35 @@ impl Owned {
         self.events += routed.rows.len();
     }
 
-    /// Take the owned entities out (the owner keeps none), each with its key prefix.
-    fn drain<'s>(&mut self, streams: &'s [Arc<StreamState>], into: &mut Vec<Persisting<'s>>) {
+    /// Write every owned entity's rows as chunks to a sorted run of the state store (for
+    /// the caller to ingest) and drop the states.
+    fn persist(
+        &mut self,
+        inner: &Inner,
+        streams: &[Arc<StreamState>],
+    ) -> Result<Option<FinishedRun>> {
+        // A run takes keys in order: entities by their keys' common prefix, then each
+        // entity's chunks in order (`for_each_chunk`).
+        let mut entities: Vec<(Vec<u8>, &StreamState, Box<str>, EntityState)> = Vec::new();
         for (stream, owned) in streams.iter().zip(&mut self.entities) {
             for (name, state) in owned.drain() {
-                into.push((entity_prefix(stream.id, &name), stream, name, state));
+                entities.push((entity_prefix(stream.id, &name), stream, name, state));
             }
         }
+        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut run = inner.state.sorted_run(Table::Events)?;
+        let mut value = Vec::new();
+        for (_, stream, name, state) in entities {
+            let rows = state.unpersisted.into_sorted();
+            for_each_chunk(stream, &name, &rows, |key, chunk| {
+                value.clear();
+                chunk.encode_into(&mut value);
+                Ok(run.put(&key, &value)?)
+            })?;
+        }
         self.events = 0;
+        Ok(run.finish()?)
     }
-}
-
-/// An entity on its way to a sorted run: its keys' common prefix, stream, name and state.
-type Persisting<'s> = (Vec<u8>, &'s StreamState, Box<str>, EntityState);
-
-/// Write `entities` (in key order) as chunks to a sorted run of the state store, for the
-/// caller to ingest.
-fn write_run(inner: &Inner, entities: Vec<Persisting<'_>>) -> Result<Option<FinishedRun>> {
-    let mut run = inner.state.sorted_run(Table::Events)?;
-    let mut value = Vec::new();
-    for (_, stream, name, state) in entities {
-        let rows = state.unpersisted.into_sorted();
-        for_each_chunk(stream, &name, &rows, |key, chunk| {
-            value.clear();
-            chunk.encode_into(&mut value);
-            Ok(run.put(&key, &value)?)
-        })?;
-    }
-    Ok(run.finish()?)
 }
 
 /// A replay in progress: the entities of each parity, and the ids applied since the last
@@ -367,37 +367,20 @@ impl Inner {
         // Interval modes, a replayed record may not be yet).
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
-        // A run takes keys in order: entities by their keys' common prefix, then each
-        // entity's chunks in order (`for_each_chunk`). Two runs of adjacent key ranges
-        // with about as many rows each, whatever entities the owners held (the parity
-        // of the hottest entity can hold several times the other's share).
-        let mut front = Vec::new();
-        for owned in &mut replay.owners {
-            owned.drain(&streams, &mut front);
-        }
-        front.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let rows: usize = front.iter().map(|e| e.3.unpersisted.len()).sum();
-        let mut rows_before = 0;
-        let split = (front.iter())
-            .take_while(|e| {
-                rows_before += e.3.unpersisted.len();
-                rows_before <= rows / 2
-            })
-            .count();
-        let back = front.split_off(split);
+        let [even, odd] = &mut replay.owners;
         let ids = &replay.ids;
-        let (front_run, back_run, ids_run) = std::thread::scope(|scope| {
-            let back_run = scope.spawn(|| write_run(self, back));
+        let (even_run, odd_run, ids_run) = std::thread::scope(|scope| {
+            let odd_run = scope.spawn(|| odd.persist(self, &streams));
             let ids_run = scope.spawn(|| self.persist_replayed_ids(ids));
-            let front_run = write_run(self, front);
-            let back_run = back_run.join().expect("replay writer panicked");
+            let even_run = even.persist(self, &streams);
+            let odd_run = odd_run.join().expect("replay writer panicked");
             (
-                front_run,
-                back_run,
+                even_run,
+                odd_run,
                 ids_run.join().expect("replay id writer panicked"),
             )
         });
-        let runs = [front_run?, back_run?].into_iter().flatten().collect();
+        let runs = [even_run?, odd_run?].into_iter().flatten().collect();
         self.state.ingest(Table::Events, runs)?;
         self.state
             .ingest(Table::Dedup, ids_run?.into_iter().collect())?;
