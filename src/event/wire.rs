@@ -341,10 +341,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `std::str::from_utf8(bytes).ok()`, with a short path for ASCII, which most entity keys,
-/// ids and categories are: a replay checks three or four short strings per event, and the
-/// general check of a short string costs several instructions a byte where
-/// [`is_ascii`] reads a word at a time.
 /// `bytes.is_ascii()`, in words for any length from 8 bytes (the last word overlapping
 /// the others) — the standard one goes byte by byte below two words.
 #[inline]
@@ -364,6 +360,10 @@ fn is_ascii(bytes: &[u8]) -> bool {
     high & HIGH_BITS == 0
 }
 
+/// `std::str::from_utf8(bytes).ok()`, with a short path for ASCII, which most entity keys,
+/// ids and categories are: a replay checks three or four short strings per event, and the
+/// general check of a short string costs several instructions a byte where
+/// [`is_ascii`] reads a word at a time.
 #[inline]
 fn utf8(bytes: &[u8]) -> Option<&str> {
     if is_ascii(bytes) {
