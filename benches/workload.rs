@@ -192,10 +192,14 @@ fn rocksdb_same_events(
     events: impl Iterator<Item = (workload::Stream, Event)>,
 ) -> (u64, Duration) {
     let (db, write) = open_peer(dir);
-    let mut batches = Vec::new();
+    // Batch i goes to writer i % APPENDERS, as fsdb's appenders take theirs.
+    let mut by_writer: Vec<Vec<rocksdb::WriteBatch>> = (0..APPENDERS).map(|_| Vec::new()).collect();
     let mut puts = 0u64;
     let mut events = events.peekable();
-    while events.peek().is_some() {
+    for writer in (0..APPENDERS).cycle() {
+        if events.peek().is_none() {
+            break;
+        }
         let mut batch = rocksdb::WriteBatch::default();
         for (stream, event) in events.by_ref().take(1000) {
             let mut key = vec![stream as u8];
@@ -212,17 +216,15 @@ fn rocksdb_same_events(
             batch.put(key, fsdb_storage::codec::encode(&record).unwrap());
             puts += 1;
         }
-        batches.push(Mutex::new(Some(batch)));
+        by_writer[writer].push(batch);
     }
     let start = Instant::now();
     std::thread::scope(|scope| {
-        for writer in 0..APPENDERS {
-            let (db, write, batches) = (&db, &write, &batches);
+        for batches in by_writer {
+            let (db, write) = (&db, &write);
             scope.spawn(move || {
-                for batch in batches.iter().skip(writer).step_by(APPENDERS) {
-                    let batch = batch.lock().unwrap().take();
-                    db.write_opt(batch.expect("each batch is written once"), write)
-                        .unwrap();
+                for batch in batches {
+                    db.write_opt(batch, write).unwrap();
                 }
             });
         }

@@ -38,7 +38,8 @@ fn main() {
         db.latest(e, &features).unwrap();
     }
     // FSDB_QUERIES: how many of each (fewer under valgrind), at least the 4,096 query times.
-    let n: usize = std::env::var("FSDB_QUERIES").map_or(200_000, |n| n.parse().unwrap());
+    let n: usize = std::env::var("FSDB_QUERIES")
+        .map_or(200_000, |n| n.parse().expect("FSDB_QUERIES is a number"));
     assert!(n >= 4096, "FSDB_QUERIES must be at least 4096");
     let start = Instant::now();
     for i in 0..n {
