@@ -211,6 +211,25 @@ impl SimVfs {
         }
     }
 
+    /// The file system the next process finds when this one died and the machine did not:
+    /// every name and byte written is there, durable only as far as it was synced (a later
+    /// [`SimVfs::crash_image`] of it drops the rest). Locks and the crash point are not
+    /// carried over.
+    pub fn process_crash_image(&self) -> SimVfs {
+        let state = self.state.lock();
+        let image = State {
+            inodes: state.inodes.clone(),
+            next_inode: state.next_inode,
+            names: state.names.clone(),
+            durable_names: state.durable_names.clone(),
+            dirs: state.dirs.clone(),
+            ..State::default()
+        };
+        SimVfs {
+            state: Arc::new(Mutex::new(image)),
+        }
+    }
+
     /// The written bytes of a file (for tests that damage files directly).
     pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let state = self.state.lock();

@@ -189,7 +189,7 @@ fn recover_once(
                 base: last,
                 offset: end,
                 next_lsn,
-                // Recovery read these bytes back and, where it changed them, synced them.
+                // Recovery synced these bytes (`open_last`).
                 durable_offset: end,
                 buf: Vec::new(),
             };
@@ -462,6 +462,10 @@ fn open_last(
     }
     let scan = scan_frames(&bytes, base, options.record_bytes_max);
     let Some((bad_at, cause)) = scan.bad.clone() else {
+        // What recovery reads may be only in the page cache: written by a process that
+        // died before its fsync (`NoSync`, `Interval`). The log's reader treats every
+        // recovered record as durable (state may reflect it from now on), so make it so.
+        file.sync_data().map_err(io_error("fsync", path))?;
         return Ok(Last::Active {
             file,
             end: scan.end,

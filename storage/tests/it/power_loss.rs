@@ -114,3 +114,26 @@ fn crash_during_recovery_is_recovered() {
         }
     }
 }
+
+/// Records a dead process wrote without fsync (`NoSync`) are read back by the next open,
+/// which counts them as durable (`durable_lsn`): a power loss after that open keeps them.
+#[test]
+fn records_recovery_reads_are_durable() {
+    let batches = script(3, 40);
+    let vfs = SimVfs::new();
+    let log = open_sim(&vfs, small_options(Durability::NoSync)).unwrap();
+    for batch in &batches {
+        log.append(batch).unwrap();
+    }
+    let written = read_all(&log).unwrap();
+    std::mem::forget(log);
+
+    let after_process_crash = vfs.process_crash_image();
+    let log = open_sim(&after_process_crash, small_options(Durability::NoSync)).unwrap();
+    assert_eq!(log.durable_lsn(), written.len() as u64 + 1);
+    std::mem::forget(log);
+
+    let after_power_loss = after_process_crash.crash_image(Damage::DropUnsynced);
+    let log = open_sim(&after_power_loss, small_options(Durability::NoSync)).unwrap();
+    assert_eq!(read_all(&log).unwrap(), written);
+}
