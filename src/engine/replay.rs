@@ -18,13 +18,14 @@
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
 //! only the events since the last flush. A flush (every `checkpoint_events` events, and at
 //! the end) has each apply thread write its entities' rows as chunks to a sorted run (a
-//! file of RocksDB's table format: no WAL, no memtable, no flush later) and a third thread
-//! the ids as a run of one chunk; the runs are ingested into the state store, then the
-//! catalog and `applied_lsn` are committed with [`Inner::checkpoint`], and the states
-//! dropped: a replay leaves no entity in memory, and holds at most one flush's
-//! events. A crash between the ingestion and that commit leaves rows and ids persisted past
-//! `applied_lsn`; the next open replays and persists them again, and loading an entity (as
-//! the state digest does) merges the repeated rows, the id set the repeated ids.
+//! file of RocksDB's table format: no WAL, no memtable, no flush later) while a third
+//! writes the ids as a run of one chunk, ingests it and adds the ids to the id set; the
+//! rows' runs are ingested into the state store, then the catalog and `applied_lsn` are
+//! committed with [`Inner::checkpoint`], and the states dropped: a replay leaves no entity
+//! in memory, and holds at most one flush's events. A crash between the ingestions and that
+//! commit leaves rows and ids persisted past `applied_lsn`; the next open replays and
+//! persists them again, and loading an entity (as the state digest does) merges the
+//! repeated rows, the id set the repeated ids.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -368,35 +369,37 @@ impl Inner {
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
         let [even, odd] = &mut replay.owners;
-        let ids = &replay.ids;
-        let (even_run, odd_run, ids_run) = std::thread::scope(|scope| {
+        let ids = &mut replay.ids;
+        let (even_run, odd_run, ids_done) = std::thread::scope(|scope| {
             let odd_run = scope.spawn(|| odd.persist(self, &streams));
-            let ids_run = scope.spawn(|| self.persist_replayed_ids(ids));
+            let ids_done = scope.spawn(|| self.persist_replayed_ids(ids));
             let even_run = even.persist(self, &streams);
             let odd_run = odd_run.join().expect("replay writer panicked");
             (
                 even_run,
                 odd_run,
-                ids_run.join().expect("replay id writer panicked"),
+                ids_done.join().expect("replay id writer panicked"),
             )
         });
+        ids_done?;
         let runs = [even_run?, odd_run?].into_iter().flatten().collect();
         self.state.ingest(Table::Events, runs)?;
-        self.state
-            .ingest(Table::Dedup, ids_run?.into_iter().collect())?;
-        // Nothing reads the id set during a replay: the ids join it in bulk.
-        self.ingest.lock().insert_many(replay.ids.drain(..));
         self.checkpoint()
     }
 
-    /// The ids a replay applied since its last flush, as a sorted run of one id chunk.
-    fn persist_replayed_ids(&self, ids: &[u128]) -> Result<Option<FinishedRun>> {
+    /// Persist the ids a replay applied since its last flush, as a sorted run of one id
+    /// chunk ingested into the state store, and move them into the id set.
+    fn persist_replayed_ids(&self, ids: &mut Vec<u128>) -> Result<()> {
         if ids.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let mut run = self.state.sorted_run(Table::Dedup)?;
         run.put(&self.new_id_chunk_key(), &pack_ids(ids))?;
-        Ok(run.finish()?)
+        self.state
+            .ingest(Table::Dedup, run.finish()?.into_iter().collect())?;
+        // Nothing reads the id set during a replay: the ids join it in bulk.
+        self.ingest.lock().insert_many(ids.drain(..));
+        Ok(())
     }
 }
 
