@@ -243,7 +243,11 @@ fn copy_log(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         if entry.file_name() != "LOCK" && entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            let copy = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &copy).unwrap();
+            // On disk, as a log being replayed has long been: the open fsyncs the active
+            // segment, which finds nothing to write then, and all of a fresh copy.
+            std::fs::File::open(&copy).unwrap().sync_all().unwrap();
         }
     }
 }
