@@ -31,7 +31,9 @@ use rustc_hash::FxHashMap;
 
 use crate::catalog::{ApplyPlan, Catalog, Definitions, FeatureDef, StreamDef, parse_definitions};
 use crate::error::{Error, Result};
-use crate::event::{Event, EventLimits, LogEntry, RowChunk, check_event, event_from_json, wire};
+use crate::event::{
+    Event, EventLimits, LogEntry, RowChunk, check_event_typed, event_from_json, wire,
+};
 use crate::time::{Clock, SystemClock};
 use crate::value::{FieldType, Value};
 
@@ -897,7 +899,8 @@ impl Db {
     pub fn append(&self, stream: &str, events: &[Event]) -> Result<AppendReport> {
         let stream = self.inner.stream(stream)?;
         for (index, event) in events.iter().enumerate() {
-            check_event(index, &stream.def, event, &self.inner.options.limits)?;
+            let limits = &self.inner.options.limits;
+            check_event_typed(index, &stream.def, &stream.field_types, event, limits)?;
         }
         self.inner.append(&stream, events)
     }

@@ -248,6 +248,20 @@ pub fn check_event(
     event: &Event,
     limits: &EventLimits,
 ) -> Result<(), EventError> {
+    check_event_typed(index, stream, &stream.field_types(), event, limits)
+}
+
+/// [`check_event`], given the stream's field types in order (`StreamDef::field_types`, which
+/// the engine keeps): the values are checked against a slice, and a field's name is looked
+/// up in the definition only for an error.
+pub(crate) fn check_event_typed(
+    index: usize,
+    stream: &StreamDef,
+    field_types: &[FieldType],
+    event: &Event,
+    limits: &EventLimits,
+) -> Result<(), EventError> {
+    debug_assert_eq!(field_types.len(), stream.fields.len());
     check_key(
         index,
         &stream.entity,
@@ -262,7 +276,7 @@ pub fn check_event(
             .ok_or_else(|| reject(index, None, "this stream declares no id field"))?;
         check_key(index, name, id, limits.id_bytes_max)?;
     }
-    if event.values.len() != stream.fields.len() {
+    if event.values.len() != field_types.len() {
         return Err(reject(
             index,
             None,
@@ -273,7 +287,8 @@ pub fn check_event(
             ),
         ));
     }
-    for ((name, ty), value) in stream.fields.iter().zip(&event.values) {
+    let name = |field: usize| stream.fields.keys().nth(field).map(String::as_str);
+    for (field, (ty, value)) in field_types.iter().zip(&event.values).enumerate() {
         let ok = match (ty, value) {
             (_, Value::Null)
             | (FieldType::Int, Value::Int(_))
@@ -282,7 +297,7 @@ pub fn check_event(
                 if !f.is_finite() {
                     return Err(reject(
                         index,
-                        Some(name),
+                        name(field),
                         "NaN and infinity are not accepted",
                     ));
                 }
@@ -292,7 +307,7 @@ pub fn check_event(
                 if s.len() > limits.string_bytes_max {
                     return Err(reject(
                         index,
-                        Some(name),
+                        name(field),
                         format!(
                             "string of {} bytes; the limit is {}",
                             s.len(),
@@ -307,7 +322,7 @@ pub fn check_event(
         if !ok {
             return Err(reject(
                 index,
-                Some(name),
+                name(field),
                 format!("expected {ty}, found {value}"),
             ));
         }

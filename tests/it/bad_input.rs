@@ -148,6 +148,22 @@ fn each_rejection_names_index_and_field_and_leaves_nothing() {
     };
     let err = db.append("tx", &[nan]).unwrap_err();
     assert!(err.to_string().contains("NaN"), "{err}");
+    assert!(err.to_string().contains(r#"event 0, field "amount""#), "{err}");
+    // A typed event's wrong type names its field (fields in name order: amount, merchant,
+    // ok, qty) and its index in the batch.
+    let typed = |ok: fsdb::Value| fsdb::Event {
+        entity: "c1".into(),
+        time_ms: 1,
+        id: None,
+        values: vec![fsdb::Value::Null, fsdb::Value::Null, ok, fsdb::Value::Null],
+    };
+    let batch = [typed(fsdb::Value::Bool(true)), typed(fsdb::Value::Int(1))];
+    let err = db.append("tx", &batch).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"event 1, field "ok": expected bool, found"#),
+        "{err}"
+    );
 
     // Limits, unknown names.
     let many: Vec<_> = (0..6).map(|i| json!({"card": "c", "ts": i})).collect();
