@@ -148,7 +148,10 @@ fn each_rejection_names_index_and_field_and_leaves_nothing() {
     };
     let err = db.append("tx", &[nan]).unwrap_err();
     assert!(err.to_string().contains("NaN"), "{err}");
-    assert!(err.to_string().contains(r#"event 0, field "amount""#), "{err}");
+    assert!(
+        err.to_string().contains(r#"event 0, field "amount""#),
+        "{err}"
+    );
     // A typed event's wrong type names its field (fields in name order: amount, merchant,
     // ok, qty) and its index in the batch.
     let typed = |ok: fsdb::Value| fsdb::Event {
