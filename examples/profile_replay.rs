@@ -8,6 +8,10 @@ use fsdb::{Db, Durability, Options};
 
 fsdb::use_jemalloc!();
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
     let options = || Options {
@@ -50,18 +54,4 @@ fn main() {
         records as f64 / took,
         cpu / took
     );
-}
-
-/// User and system CPU time of the whole process so far (every thread, finished ones
-/// too), from /proc/self/stat; 0 where there is none.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces, inside parentheses): state is
-    // field 3, utime and stime fields 14 and 15, in clock ticks (100 a second on Linux).
-    let after_name = &stat[stat.rfind(')').map_or(0, |at| at + 2)..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |field: usize| fields.get(field - 3).and_then(|f| f.parse::<f64>().ok());
-    (ticks(14).unwrap_or(0.0) + ticks(15).unwrap_or(0.0)) / 100.0
 }

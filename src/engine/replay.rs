@@ -364,8 +364,9 @@ impl Inner {
     /// ids, as sorted runs written on three threads and ingested; then the catalog and
     /// `applied_lsn` (the watermark: every record read so far) in one checkpoint commit.
     fn flush_replayed(&self, replay: &mut Replay) -> Result<()> {
-        // Rows reflect log records: those must be durable before state is (in NoSync and
-        // Interval modes, a replayed record may not be yet).
+        // Rows reflect log records: those must be durable before state is. Recovery synced
+        // every record it found (a replay reads no other), so this returns at once; it
+        // keeps the rule where the state is written.
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
         let [even, odd] = &mut replay.owners;
