@@ -245,7 +245,7 @@ fn copy_log(from: &Path, to: &Path) {
         if entry.file_name() != "LOCK" && entry.file_type().unwrap().is_file() {
             let copy = to.join(entry.file_name());
             std::fs::copy(entry.path(), &copy).unwrap();
-            // On disk, as a log being replayed has long been: the open fsyncs the active
+            // On disk, as a log being replayed has long been: the open fsyncs every
             // segment, which finds nothing to write then, and all of a fresh copy.
             std::fs::File::open(&copy).unwrap().sync_all().unwrap();
         }

@@ -40,7 +40,7 @@ fn main() {
         if entry.file_name() != "LOCK" && entry.file_type().unwrap().is_file() {
             let copy = target.join("log").join(entry.file_name());
             std::fs::copy(entry.path(), &copy).unwrap();
-            // On disk, as a log being replayed has long been (the open fsyncs the active
+            // On disk, as a log being replayed has long been (the open fsyncs every
             // segment: all of a fresh copy is still to write).
             std::fs::File::open(&copy).unwrap().sync_all().unwrap();
         }

@@ -325,6 +325,50 @@ fn records_replayed_after_a_process_crash_survive_a_later_power_loss() {
     assert_eq!(counts(&db), expected_counts(batches));
 }
 
+/// A backup's log restored into an empty data directory (`docs/operations.md`, Backup) is
+/// written by a copy that syncs nothing. The first open rebuilds state from it and commits
+/// that state; a power loss soon after must not take the log away from under it: the open
+/// makes every segment it recovers, and their names, durable.
+#[test]
+fn a_restored_log_survives_a_power_loss_after_the_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches = 60;
+    let original = SimVfs::new();
+    let db = Db::open(dir.path().join("a"), options(&original, Durability::Sync)).unwrap();
+    db.apply(&ev_definitions(COUNT_N)).unwrap();
+    for b in 0..batches {
+        db.append_json("ev", &batch(b)).unwrap();
+    }
+    db.close().unwrap();
+
+    // `cp -r a/log b/log`: every byte written, nothing synced.
+    let (from, to) = (dir.path().join("a/log"), dir.path().join("b/log"));
+    let restored = SimVfs::new();
+    restored.create_dir_all(&to).unwrap();
+    let names = original.list_dir(&from).unwrap();
+    assert!(
+        names.iter().filter(|n| n.ends_with(".log")).count() >= 3,
+        "sealed segments and an active one: {names:?}"
+    );
+    for name in names {
+        let file = restored
+            .open_file(&to.join(&name), fsdb_storage::io::OpenMode::CreateNew)
+            .unwrap();
+        file.write_all_at(&original.read_file(&from.join(&name)).unwrap(), 0)
+            .unwrap();
+    }
+    let data = dir.path().join("b");
+    let db = Db::open(&data, options(&restored, Durability::Sync)).unwrap();
+    assert!(db.open_report().replayed > 0, "the open rebuilds state");
+    assert_eq!(counts(&db), expected_counts(batches));
+    db.close().unwrap();
+
+    let after_power_loss = restored.crash_image(Damage::DropUnsynced);
+    let db = Db::open(&data, options(&after_power_loss, Durability::Sync))
+        .unwrap_or_else(|e| panic!("open after the power loss: {e}"));
+    assert_eq!(counts(&db), expected_counts(batches));
+}
+
 /// `/healthz` of a server over `db` (which it takes and closes).
 fn healthz_status(db: Db) -> u16 {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -6,7 +6,9 @@
 use fsdb_storage::Durability;
 use fsdb_storage::io::sim::{Damage, SimVfs};
 
-use crate::common::{open_sim, read_all, script, small_options};
+use fsdb_storage::io::{OpenMode, Vfs};
+
+use crate::common::{dir, open_sim, read_all, script, segment_files, small_options};
 
 /// Run the workload on `vfs` until it fails; returns how many batches were acknowledged.
 fn run(vfs: &SimVfs, batches: &[Vec<Vec<u8>>]) -> usize {
@@ -135,5 +137,35 @@ fn records_recovery_reads_are_durable() {
 
     let after_power_loss = after_process_crash.crash_image(Damage::DropUnsynced);
     let log = open_sim(&after_power_loss, small_options(Durability::NoSync)).unwrap();
+    assert_eq!(read_all(&log).unwrap(), written);
+}
+
+/// A log copied file by file (as `cp` or a restore from a backup does: written, never
+/// synced, the directory's names not synced either) is durable once a log has opened it:
+/// sealed segments, the active one, and their names.
+#[test]
+fn a_copied_log_is_durable_once_opened() {
+    let original = SimVfs::new();
+    let log = open_sim(&original, small_options(Durability::Sync)).unwrap();
+    for batch in &script(5, 40) {
+        log.append(batch).unwrap();
+    }
+    let written = read_all(&log).unwrap();
+    log.close().unwrap();
+    let segments = segment_files(&original);
+    assert!(segments.len() >= 3, "sealed segments and an active one");
+
+    let copy = SimVfs::new();
+    copy.create_dir_all(&dir()).unwrap();
+    for (path, bytes) in &segments {
+        let file = copy.open_file(path, OpenMode::CreateNew).unwrap();
+        file.write_all_at(bytes, 0).unwrap();
+    }
+    let log = open_sim(&copy, small_options(Durability::Sync)).unwrap();
+    assert_eq!(read_all(&log).unwrap(), written);
+    std::mem::forget(log);
+
+    let after_power_loss = copy.crash_image(Damage::DropUnsynced);
+    let log = open_sim(&after_power_loss, small_options(Durability::Sync)).unwrap();
     assert_eq!(read_all(&log).unwrap(), written);
 }
