@@ -2,6 +2,9 @@
 //! stable (`tests/it/fuzz_corpus.rs`). Each takes arbitrary bytes and panics if fsdb
 //! misbehaves on them: a panic in a parser, or a parse that does not survive its own
 //! canonical form.
+//!
+//! Also [`fsum`], the reference float sum of the exact-sum unit tests and of the naive
+//! reference the differential tests compare the engine with.
 
 use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
 use crate::cli::ingest::csv_events;
@@ -129,4 +132,59 @@ pub fn check_query_params(input: &[u8]) {
 /// encodes back to the same bytes when they were written the canonical way.
 pub fn check_log_record(input: &[u8]) {
     crate::event::wire::check_against_serde(input);
+}
+
+/// Shewchuk's algorithm (Python's `math.fsum`): the correctly rounded sum of `xs`, by a
+/// method other than `agg`'s exact sum, for the tests that check it (as Python's, it keeps
+/// the sign of a sum of negative zeros, and overflows to infinity on an intermediate
+/// overflow).
+pub fn fsum(xs: &[f64]) -> f64 {
+    let mut partials: Vec<f64> = Vec::new();
+    for &x in xs {
+        let mut x = x;
+        let mut i = 0;
+        for j in 0..partials.len() {
+            let mut y = partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(i);
+        partials.push(x);
+    }
+    // Round the partials correctly (half-even), as fsum does.
+    let mut n = partials.len();
+    if n == 0 {
+        return 0.0;
+    }
+    n -= 1;
+    let mut hi = partials[n];
+    let mut lo = 0.0;
+    while n > 0 {
+        let x = hi;
+        n -= 1;
+        let y = partials[n];
+        hi = x + y;
+        let yr = hi - x;
+        lo = y - yr;
+        if lo != 0.0 {
+            break;
+        }
+    }
+    if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
+        let y = lo * 2.0;
+        let x = hi + y;
+        let yr = x - hi;
+        if y == yr {
+            hi = x;
+        }
+    }
+    hi
 }

@@ -334,6 +334,7 @@ fn scale_by_pow2(mut x: f64, mut k: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::fsum;
     use proptest::prelude::*;
 
     /// The narrow sum by multiplication with an overflow check, as the reference.
@@ -390,59 +391,6 @@ mod tests {
         sum.add(1e-300);
         assert!(matches!(sum.0, Repr::Wide(_)));
         assert_eq!(sum.heap_bytes(), 8 * WIDE_LIMBS);
-    }
-
-    /// Shewchuk's algorithm (Python's `math.fsum`): a correctly rounded sum by a different
-    /// method, as the reference.
-    fn fsum(xs: &[f64]) -> f64 {
-        let mut partials: Vec<f64> = Vec::new();
-        for &x in xs {
-            let mut x = x;
-            let mut i = 0;
-            for j in 0..partials.len() {
-                let mut y = partials[j];
-                if x.abs() < y.abs() {
-                    std::mem::swap(&mut x, &mut y);
-                }
-                let hi = x + y;
-                let lo = y - (hi - x);
-                if lo != 0.0 {
-                    partials[i] = lo;
-                    i += 1;
-                }
-                x = hi;
-            }
-            partials.truncate(i);
-            partials.push(x);
-        }
-        // Round the partials correctly (half-even), as fsum does.
-        let mut n = partials.len();
-        if n == 0 {
-            return 0.0;
-        }
-        n -= 1;
-        let mut hi = partials[n];
-        let mut lo = 0.0;
-        while n > 0 {
-            let x = hi;
-            n -= 1;
-            let y = partials[n];
-            hi = x + y;
-            let yr = hi - x;
-            lo = y - yr;
-            if lo != 0.0 {
-                break;
-            }
-        }
-        if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
-            let y = lo * 2.0;
-            let x = hi + y;
-            let yr = x - hi;
-            if y == yr {
-                hi = x;
-            }
-        }
-        hi
     }
 
     fn exact(xs: &[f64]) -> f64 {

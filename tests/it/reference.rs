@@ -28,53 +28,10 @@ pub struct Reference {
     seq: u64,
 }
 
-/// Shewchuk's exact partials, rounded once (Python's math.fsum).
+/// The correctly rounded sum (`fsdb::testing::fsum`), +0.0 for a sum of zeros as the
+/// engine gives it.
 pub fn fsum(xs: &[f64]) -> f64 {
-    let mut partials: Vec<f64> = Vec::new();
-    for &x in xs {
-        let mut x = x;
-        let mut i = 0;
-        for j in 0..partials.len() {
-            let mut y = partials[j];
-            if x.abs() < y.abs() {
-                std::mem::swap(&mut x, &mut y);
-            }
-            let hi = x + y;
-            let lo = y - (hi - x);
-            if lo != 0.0 {
-                partials[i] = lo;
-                i += 1;
-            }
-            x = hi;
-        }
-        partials.truncate(i);
-        partials.push(x);
-    }
-    let mut n = partials.len();
-    if n == 0 {
-        return 0.0;
-    }
-    n -= 1;
-    let mut hi = partials[n];
-    let mut lo = 0.0;
-    while n > 0 {
-        let x = hi;
-        n -= 1;
-        let y = partials[n];
-        hi = x + y;
-        lo = y - (hi - x);
-        if lo != 0.0 {
-            break;
-        }
-    }
-    if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
-        let y = lo * 2.0;
-        let x = hi + y;
-        if y == x - hi {
-            hi = x;
-        }
-    }
-    hi + 0.0
+    fsdb::testing::fsum(xs) + 0.0
 }
 
 fn as_f64(v: &Value) -> f64 {
