@@ -11,6 +11,8 @@
 use crate::event::Event;
 use crate::value::Value;
 
+pub mod history;
+
 /// The definitions of the reference workload: two streams, twelve features over
 /// 1m/1h/1d/7d/lifetime windows, some filtered, two batch (`freshness = "1d"`).
 pub const DEFINITIONS: &str = r#"

@@ -6,88 +6,10 @@
 use std::sync::Arc;
 
 use fsdb::time::ManualClock;
+use fsdb::workload::history::{
+    DAY_MS as DAY, DEFINITIONS as DEFS, END_MS as END, event, load as load_history,
+};
 use fsdb::{Db, Durability, Event, Options, QueryStats, Value};
-
-const DEFS: &str = r#"
-[[stream]]
-name = "tx"
-entity = "card"
-time = "ts"
-[stream.fields]
-amount = "float"
-merchant = "string"
-
-[[feature]]
-name = "count_1h"
-stream = "tx"
-agg = "count"
-window = "1h"
-[[feature]]
-name = "count_1d"
-stream = "tx"
-agg = "count"
-window = "1d"
-[[feature]]
-name = "count_7d"
-stream = "tx"
-agg = "count"
-window = "7d"
-[[feature]]
-name = "count_life"
-stream = "tx"
-agg = "count"
-[[feature]]
-name = "sum_1h"
-stream = "tx"
-agg = "sum"
-field = "amount"
-window = "1h"
-[[feature]]
-name = "sum_7d"
-stream = "tx"
-agg = "sum"
-field = "amount"
-window = "7d"
-[[feature]]
-name = "avg_1d"
-stream = "tx"
-agg = "avg"
-field = "amount"
-window = "1d"
-[[feature]]
-name = "min_7d"
-stream = "tx"
-agg = "min"
-field = "amount"
-window = "7d"
-[[feature]]
-name = "max_7d"
-stream = "tx"
-agg = "max"
-field = "amount"
-window = "7d"
-[[feature]]
-name = "last_life"
-stream = "tx"
-agg = "last"
-field = "merchant"
-[[feature]]
-name = "distinct_1h"
-stream = "tx"
-agg = "count_distinct"
-field = "merchant"
-window = "1h"
-[[feature]]
-name = "stddev_7d"
-stream = "tx"
-agg = "stddev"
-field = "amount"
-window = "7d"
-"#;
-
-const YEAR_MS: i64 = 365 * 86_400_000;
-const END: i64 = 1_790_000_000_000;
-const DAY: i64 = 86_400_000;
 
 /// The tests' options: the clock at `END`, no fsync; others set what they test.
 fn options() -> Options {
@@ -98,35 +20,9 @@ fn options() -> Options {
     }
 }
 
-fn event(entity: &str, time_ms: i64, i: i64) -> Event {
-    Event {
-        entity: entity.into(),
-        time_ms,
-        id: None,
-        values: vec![
-            Value::Float((i % 1000) as f64 / 4.0),
-            Value::String(format!("m{}", i % 37)),
-        ],
-    }
-}
-
-/// `history` events spread over the year before the last 10 days, then the same 2,000
-/// events in the last 10 days for every entity.
+/// `history` events over the year before the last 10 days, then the same 2,000 in them.
 fn load(db: &Db, entity: &str, history: i64) {
-    let mut batch = Vec::new();
-    let start = END - YEAR_MS;
-    let span = YEAR_MS - 10 * DAY;
-    for i in 0..history {
-        batch.push(event(entity, start + i * (span / history), i));
-        if batch.len() == 50_000 {
-            db.append("tx", &batch).unwrap();
-            batch.clear();
-        }
-    }
-    for i in 0..2_000 {
-        batch.push(event(entity, END - 10 * DAY + i * (10 * DAY / 2_000), i));
-    }
-    db.append("tx", &batch).unwrap();
+    load_history(db, entity, history).unwrap();
 }
 
 fn work(db: &Db, entity: &str, names: &[&str], t: i64) -> QueryStats {
