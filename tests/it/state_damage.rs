@@ -259,19 +259,22 @@ fn damaged_state_is_rebuilt_or_refused_never_wrong() {
 fn a_record_that_does_not_fit_its_stream_is_refused_on_replay() {
     use fsdb::event::LogEntry;
     use fsdb::{Error, Value};
-    let wrong: [(&str, Vec<Value>); 3] = [
-        ("a list value", vec![Value::List(vec![Value::Int(1)])]),
-        ("a value of another type", vec![Value::Float(1.5)]),
-        ("too many values", vec![Value::Int(1), Value::Int(2)]),
+    // (Stream 0 is `ev`, with one int field.)
+    let wrong: [(&str, u32, Vec<Value>); 5] = [
+        ("a list value", 0, vec![Value::List(vec![Value::Int(1)])]),
+        ("a value of another type", 0, vec![Value::Float(1.5)]),
+        ("too many values", 0, vec![Value::Int(1), Value::Int(2)]),
+        ("too few values", 0, vec![]),
+        ("no such stream", 7, vec![Value::Int(1)]),
     ];
-    for (what, values) in wrong {
+    for (what, stream, values) in wrong {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), options()).unwrap();
         db.apply(&ev_definitions(FEATURES)).unwrap();
         ingest(&db, 0, 50);
         db.close().unwrap();
         let record = LogEntry::Event {
-            stream: 0,
+            stream,
             entity: "k1".into(),
             time_ms: 1_000,
             id: None,
