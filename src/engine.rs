@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fsdb_storage::codec;
-use fsdb_storage::io::{DirLock, OsVfs, Vfs};
+use fsdb_storage::io::{DirLock, OsVfs, Vfs, create_dir_durably};
 use fsdb_storage::state::key::{KeyBuf, KeyReader};
 use fsdb_storage::state::{StateOptions, StateStore, Table};
 use fsdb_storage::{Durability, Log, LogOptions, Lsn};
@@ -768,7 +768,13 @@ impl Db {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        // A new data directory's name durable in its parent (a log inside it is not durable
+        // without it).
+        create_dir_durably(&OsVfs, &dir).map_err(|e| Error::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })?;
         let lock = OsVfs.lock_dir(&dir, LOCK_FILE).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked { dir: dir.clone() }

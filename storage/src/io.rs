@@ -52,6 +52,37 @@ pub trait Vfs: Send + Sync + Debug {
     fn lock_dir(&self, dir: &Path, name: &str) -> io::Result<Box<dyn DirLock>>;
 }
 
+/// A directory operation that failed: which one, on what.
+#[derive(Debug)]
+pub struct DirError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// Create `dir` and its missing ancestors, each one's entry made durable in its parent
+/// (`sync_dir`, from the top down). Directories that existed are left as they are.
+pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), DirError> {
+    let fail = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DirError { op, path, source }
+    };
+    let missing = |path: &Path| {
+        let listed = vfs.list_dir(path);
+        matches!(listed, Err(e) if e.kind() == io::ErrorKind::NotFound)
+    };
+    let created: Vec<&Path> = dir.ancestors().take_while(|a| missing(a)).collect();
+    vfs.create_dir_all(dir)
+        .map_err(fail("create directory", dir))?;
+    for path in created.iter().rev() {
+        if let Some(parent) = path.parent() {
+            vfs.sync_dir(parent)
+                .map_err(fail("fsync directory", parent))?;
+        }
+    }
+    Ok(())
+}
+
 /// An open file.
 #[expect(
     clippy::len_without_is_empty,

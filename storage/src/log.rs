@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::io::{DirLock, FileBytes, OsVfs, Vfs, VfsFile};
+use crate::io::{DirError, DirLock, FileBytes, OsVfs, Vfs, VfsFile, create_dir_durably};
 
 pub mod format;
 mod reader;
@@ -321,12 +321,22 @@ impl Log {
     /// Open (or create) the log in `dir` through `vfs`.
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: &Path, options: LogOptions) -> Result<Log, LogError> {
         validate_options(&options)?;
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LogError::Io { op, path, source }
+        let dir_error = |e: DirError| LogError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         };
-        vfs.create_dir_all(dir)
-            .map_err(io("create directory", dir))?;
+        create_dir_durably(vfs.as_ref(), dir).map_err(dir_error)?;
+        // The directory's own entry too, if it existed: a log directory put in place by a
+        // copy (a restored backup) may be in the page cache only, and recovery makes what
+        // it finds durable before anything may reflect it.
+        if let Some(parent) = dir.parent() {
+            vfs.sync_dir(parent).map_err(|source| LogError::Io {
+                op: "fsync directory",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
         let lock = vfs.lock_dir(dir, LOCK_FILE).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 LogError::Locked {

@@ -341,9 +341,15 @@ fn a_restored_log_survives_a_power_loss_after_the_rebuild() {
     }
     db.close().unwrap();
 
-    // `cp -r a/log b/log`: every byte written, nothing synced.
+    // An empty data directory `b`, durable (made long ago), then `cp -r a/log b/log`:
+    // every byte and name written, nothing synced.
     let (from, to) = (dir.path().join("a/log"), dir.path().join("b/log"));
+    let data = dir.path().join("b");
     let restored = SimVfs::new();
+    restored.create_dir_all(&data).unwrap();
+    for ancestor in data.ancestors().skip(1) {
+        restored.sync_dir(ancestor).unwrap();
+    }
     restored.create_dir_all(&to).unwrap();
     let names = original.list_dir(&from).unwrap();
     assert!(
@@ -357,7 +363,6 @@ fn a_restored_log_survives_a_power_loss_after_the_rebuild() {
         file.write_all_at(&original.read_file(&from.join(&name)).unwrap(), 0)
             .unwrap();
     }
-    let data = dir.path().join("b");
     let db = Db::open(&data, options(&restored, Durability::Sync)).unwrap();
     assert!(db.open_report().replayed > 0, "the open rebuilds state");
     assert_eq!(counts(&db), expected_counts(batches));

@@ -2,9 +2,11 @@
 //!
 //! Every file keeps two images: *written* (what reads see) and *durable* (what survived the
 //! last `sync_data`), plus the list of writes made since. Directory entries are durable only
-//! after `sync_dir` of their directory. [`SimVfs::crash_image`] builds the file system a
-//! reboot would find: durable names, durable bytes, and, depending on [`Damage`], none,
-//! a torn part, or garbage in place of the unsynced writes.
+//! after `sync_dir` of their directory — a directory's own entry too: one created and never
+//! synced into its parent is gone after a crash, with everything in it.
+//! [`SimVfs::crash_image`] builds the file system a reboot would find: durable names,
+//! durable bytes, and, depending on [`Damage`], none, a torn part, or garbage in place of
+//! the unsynced writes.
 //!
 //! Mutating operations are numbered from 1. [`SimVfs::crash_at_op`] makes operation `n` and
 //! every later one fail without effect (the process died there); [`SimVfs::inject`] makes
@@ -84,7 +86,11 @@ struct State {
     names: BTreeMap<PathBuf, u64>,
     /// The namespace as of the last `sync_dir` of each directory.
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Directories reads see.
     dirs: HashSet<PathBuf>,
+    /// Directories whose entry in their parent was synced (`sync_dir` of the parent); a
+    /// crash keeps a directory if it and every ancestor are here (a root always stays).
+    durable_dirs: HashSet<PathBuf>,
     locks: HashSet<PathBuf>,
     ops: u64,
     crash_at: Option<u64>,
@@ -129,6 +135,14 @@ fn not_found(path: &Path) -> io::Error {
 }
 
 impl State {
+    /// Whether a crash keeps `dir`: a root, or a directory synced into a parent that stays.
+    fn dir_survives(&self, dir: &Path) -> bool {
+        match dir.parent() {
+            None => true,
+            Some(parent) => self.durable_dirs.contains(dir) && self.dir_survives(parent),
+        }
+    }
+
     /// Count one mutating operation and decide whether it fails: `Ok(None)` to proceed,
     /// `Ok(Some(kind))` for an injected fault, `Err` after the crash point.
     fn begin(&mut self, op: OpKind) -> io::Result<Option<FaultKind>> {
@@ -181,11 +195,20 @@ impl SimVfs {
     /// The file system a reboot would find now. Locks are not carried over.
     pub fn crash_image(&self, damage: Damage) -> SimVfs {
         let state = self.state.lock();
+        let dirs: HashSet<PathBuf> = (state.dirs.iter())
+            .filter(|dir| state.dir_survives(dir))
+            .cloned()
+            .collect();
+        let names: BTreeMap<PathBuf, u64> = (state.durable_names.iter())
+            .filter(|(path, _)| path.parent().is_some_and(|p| dirs.contains(p)))
+            .map(|(path, id)| (path.clone(), *id))
+            .collect();
         let mut image = State {
-            dirs: state.dirs.clone(),
+            durable_dirs: dirs.clone(),
+            dirs,
             next_inode: state.next_inode,
-            names: state.durable_names.clone(),
-            durable_names: state.durable_names.clone(),
+            names: names.clone(),
+            durable_names: names,
             ..State::default()
         };
         let mut seed = match damage {
@@ -223,6 +246,7 @@ impl SimVfs {
             names: state.names.clone(),
             durable_names: state.durable_names.clone(),
             dirs: state.dirs.clone(),
+            durable_dirs: state.durable_dirs.clone(),
             ..State::default()
         };
         SimVfs {
@@ -374,6 +398,11 @@ impl Vfs for SimVfs {
         for (p, id) in &state.names {
             if p.parent() == Some(path) {
                 state.durable_names.insert(p.clone(), *id);
+            }
+        }
+        for dir in &state.dirs {
+            if dir.parent() == Some(path) {
+                state.durable_dirs.insert(dir.clone());
             }
         }
         Ok(())

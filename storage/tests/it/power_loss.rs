@@ -6,6 +6,8 @@
 use fsdb_storage::Durability;
 use fsdb_storage::io::sim::{Damage, SimVfs};
 
+use std::path::Path;
+
 use fsdb_storage::io::{OpenMode, Vfs};
 
 use crate::common::{dir, open_sim, read_all, script, segment_files, small_options};
@@ -142,7 +144,7 @@ fn records_recovery_reads_are_durable() {
 
 /// A log copied file by file (as `cp` or a restore from a backup does: written, never
 /// synced, the directory's names not synced either) is durable once a log has opened it:
-/// sealed segments, the active one, and their names.
+/// sealed segments, the active one, their names, and the log directory's own name.
 #[test]
 fn a_copied_log_is_durable_once_opened() {
     let original = SimVfs::new();
@@ -156,6 +158,10 @@ fn a_copied_log_is_durable_once_opened() {
     assert!(segments.len() >= 3, "sealed segments and an active one");
 
     let copy = SimVfs::new();
+    // The directory the log is copied into exists, durably; `log/` and its files are new.
+    let parent = dir().parent().unwrap().to_path_buf();
+    copy.create_dir_all(&parent).unwrap();
+    copy.sync_dir(Path::new("/")).unwrap();
     copy.create_dir_all(&dir()).unwrap();
     for (path, bytes) in &segments {
         let file = copy.open_file(path, OpenMode::CreateNew).unwrap();
