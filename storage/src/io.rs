@@ -60,6 +60,15 @@ pub struct DirError {
     pub source: io::Error,
 }
 
+/// The directory that holds `path`'s name: its parent, or `.` for a relative path of one
+/// component (whose parent is the empty path); `None` for a root.
+pub fn parent_dir(path: &Path) -> Option<&Path> {
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Some(Path::new(".")),
+        parent => parent,
+    }
+}
+
 /// Create `dir` and its missing ancestors, each one's entry made durable in its parent
 /// (`sync_dir`, from the top down). Directories that existed are left as they are.
 pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), DirError> {
@@ -71,11 +80,14 @@ pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), DirError> {
         let listed = vfs.list_dir(path);
         matches!(listed, Err(e) if e.kind() == io::ErrorKind::NotFound)
     };
-    let created: Vec<&Path> = dir.ancestors().take_while(|a| missing(a)).collect();
+    // (A relative path's last ancestor is the empty path: the working directory, there.)
+    let created: Vec<&Path> = (dir.ancestors())
+        .take_while(|a| !a.as_os_str().is_empty() && missing(a))
+        .collect();
     vfs.create_dir_all(dir)
         .map_err(fail("create directory", dir))?;
     for path in created.iter().rev() {
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = parent_dir(path) {
             vfs.sync_dir(parent)
                 .map_err(fail("fsync directory", parent))?;
         }

@@ -17,7 +17,9 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::io::{DirError, DirLock, FileBytes, OsVfs, Vfs, VfsFile, create_dir_durably};
+use crate::io::{
+    DirError, DirLock, FileBytes, OsVfs, Vfs, VfsFile, create_dir_durably, parent_dir,
+};
 
 pub mod format;
 mod reader;
@@ -330,7 +332,7 @@ impl Log {
         // The directory's own entry too, if it existed: a log directory put in place by a
         // copy (a restored backup) may be in the page cache only, and recovery makes what
         // it finds durable before anything may reflect it.
-        if let Some(parent) = dir.parent() {
+        if let Some(parent) = parent_dir(dir) {
             vfs.sync_dir(parent).map_err(|source| LogError::Io {
                 op: "fsync directory",
                 path: parent.to_path_buf(),

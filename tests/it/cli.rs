@@ -100,6 +100,28 @@ fn features(value: &serde_json::Value) -> (i64, f64) {
     )
 }
 
+/// A data directory named relative to the working directory, by one component (its parent
+/// is the empty path) or more, is created and opened like any other.
+#[test]
+fn relative_data_directories_open() {
+    let cwd = tempfile::tempdir().unwrap();
+    for data in ["db", "./db2", "nested/db3"] {
+        for _twice in 0..2 {
+            let out = Command::new(env!("CARGO_BIN_EXE_fsdb"))
+                .current_dir(cwd.path())
+                .args(["--data", data, "stats"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{data}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(cwd.path().join(data).join("log").is_dir(), "{data}");
+    }
+}
+
 #[test]
 fn demo_runs_and_replay_agrees() {
     let dir = tempfile::tempdir().unwrap();
