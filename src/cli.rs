@@ -169,10 +169,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("fsdb: {error:#}");
+            eprintln!("fsdb: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `error` and its causes on one line, each said once: fsdb's errors name their source in
+/// their own message (for callers that print only that), where anyhow's `{:#}` would
+/// repeat it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Print a line to stdout. A closed stdout (`fsdb ... | head`) ends the program quietly,

@@ -101,7 +101,8 @@ fn features(value: &serde_json::Value) -> (i64, f64) {
 }
 
 /// A data directory named relative to the working directory, by one component (its parent
-/// is the empty path) or more, is created and opened like any other.
+/// is the empty path) or more, is created and opened like any other; one that cannot be
+/// made is refused on one line that names the cause once.
 #[test]
 fn relative_data_directories_open() {
     let cwd = tempfile::tempdir().unwrap();
@@ -120,6 +121,21 @@ fn relative_data_directories_open() {
         }
         assert!(cwd.path().join(data).join("log").is_dir(), "{data}");
     }
+    // A data directory that cannot be made: one line, naming the cause once.
+    std::fs::write(cwd.path().join("file"), "not a directory").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fsdb"))
+        .current_dir(cwd.path())
+        .args(["--data", "file", "stats"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("opening file: create directory file: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
 }
 
 #[test]
