@@ -328,7 +328,7 @@ fn records_replayed_after_a_process_crash_survive_a_later_power_loss() {
 /// A backup's log restored into an empty data directory (`docs/operations.md`, Backup) is
 /// written by a copy that syncs nothing. The first open rebuilds state from it and commits
 /// that state; a power loss soon after must not take the log away from under it: the open
-/// makes every segment it recovers, and their names, durable.
+/// makes every segment it recovers durable, their names, and `log/`'s own name.
 #[test]
 fn a_restored_log_survives_a_power_loss_after_the_rebuild() {
     let dir = tempfile::tempdir().unwrap();
