@@ -62,20 +62,28 @@ pub struct DirError {
 
 /// The directory that holds `path`'s name: its parent, or `.` for a relative path of one
 /// component (whose parent is the empty path); `None` for a root.
-pub fn parent_dir(path: &Path) -> Option<&Path> {
+fn parent_dir(path: &Path) -> Option<&Path> {
     match path.parent() {
         Some(parent) if parent.as_os_str().is_empty() => Some(Path::new(".")),
         parent => parent,
     }
 }
 
+/// Make `path`'s name durable: sync the directory that holds it (nothing for a root).
+pub fn sync_name(vfs: &dyn Vfs, path: &Path) -> Result<(), DirError> {
+    let Some(parent) = parent_dir(path) else {
+        return Ok(());
+    };
+    vfs.sync_dir(parent).map_err(|source| DirError {
+        op: "fsync directory",
+        path: parent.to_path_buf(),
+        source,
+    })
+}
+
 /// Create `dir` and its missing ancestors, each one's entry made durable in its parent
 /// (`sync_dir`, from the top down). Directories that existed are left as they are.
 pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), DirError> {
-    let fail = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DirError { op, path, source }
-    };
     let missing = |path: &Path| {
         let listed = vfs.list_dir(path);
         matches!(listed, Err(e) if e.kind() == io::ErrorKind::NotFound)
@@ -84,13 +92,13 @@ pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), DirError> {
     let created: Vec<&Path> = (dir.ancestors())
         .take_while(|a| !a.as_os_str().is_empty() && missing(a))
         .collect();
-    vfs.create_dir_all(dir)
-        .map_err(fail("create directory", dir))?;
+    vfs.create_dir_all(dir).map_err(|source| DirError {
+        op: "create directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for path in created.iter().rev() {
-        if let Some(parent) = parent_dir(path) {
-            vfs.sync_dir(parent)
-                .map_err(fail("fsync directory", parent))?;
-        }
+        sync_name(vfs, path)?;
     }
     Ok(())
 }

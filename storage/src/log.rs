@@ -17,9 +17,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::io::{
-    DirError, DirLock, FileBytes, OsVfs, Vfs, VfsFile, create_dir_durably, parent_dir,
-};
+use crate::io::{DirError, DirLock, FileBytes, OsVfs, Vfs, VfsFile, create_dir_durably, sync_name};
 
 pub mod format;
 mod reader;
@@ -140,6 +138,16 @@ pub enum LogError {
     BadPosition { position: Position },
     #[error("invalid log options: {0}")]
     InvalidOptions(String),
+}
+
+impl From<DirError> for LogError {
+    fn from(e: DirError) -> LogError {
+        LogError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// The ways bytes of a log can be wrong.
@@ -323,22 +331,11 @@ impl Log {
     /// Open (or create) the log in `dir` through `vfs`.
     pub fn open_with(vfs: Arc<dyn Vfs>, dir: &Path, options: LogOptions) -> Result<Log, LogError> {
         validate_options(&options)?;
-        let dir_error = |e: DirError| LogError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        };
-        create_dir_durably(vfs.as_ref(), dir).map_err(dir_error)?;
-        // The directory's own entry too, if it existed: a log directory put in place by a
+        create_dir_durably(vfs.as_ref(), dir)?;
+        // The directory's own name too, if it existed: a log directory put in place by a
         // copy (a restored backup) may be in the page cache only, and recovery makes what
         // it finds durable before anything may reflect it.
-        if let Some(parent) = parent_dir(dir) {
-            vfs.sync_dir(parent).map_err(|source| LogError::Io {
-                op: "fsync directory",
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
+        sync_name(vfs.as_ref(), dir)?;
         let lock = vfs.lock_dir(dir, LOCK_FILE).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 LogError::Locked {
