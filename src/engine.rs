@@ -1150,30 +1150,38 @@ fn encode_unpersisted(dirty: Vec<Dirty>) -> (Vec<(Dirty, usize)>, Vec<(Vec<u8>, 
             state.unpersisted.clone()
         };
         let rows = rows.into_sorted();
-        for_each_chunk(&entity.stream, &entity.name, &rows, |key, view| {
-            chunks.push((key, view.encode()));
-            Ok(())
-        })
+        for_each_chunk(
+            &entity.stream,
+            &entity.name,
+            &rows,
+            0..rows.len(),
+            |key, view| {
+                chunks.push((key, view.encode()));
+                Ok(())
+            },
+        )
         .expect("pushing cannot fail");
         written.push((entity, rows.len()));
     }
     (written, chunks)
 }
 
-/// Cut an entity's rows, sorted by (time, LSN), into chunks of at most `CHUNK_ROWS_MAX`
-/// rows, each keyed by its smallest LSN, and hand each key and chunk to `take`, in key
-/// order; stops at `take`'s first error.
+/// Cut an entity's rows (`entity_rows` of `rows`, sorted by (time, LSN)) into chunks of at
+/// most `CHUNK_ROWS_MAX` rows, each keyed by its smallest LSN, and hand each key and chunk
+/// to `take`, in key order; stops at `take`'s first error.
 fn for_each_chunk(
     stream: &StreamState,
     entity: &str,
     rows: &page::Page,
+    entity_rows: std::ops::Range<usize>,
     mut take: impl FnMut(Vec<u8>, chunk::ChunkView<'_>) -> Result<()>,
 ) -> Result<()> {
     let strings = stream.strings.read();
-    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = (0..rows.len())
+    let end = entity_rows.end;
+    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = entity_rows
         .step_by(chunk::CHUNK_ROWS_MAX)
         .map(|start| {
-            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(rows.len());
+            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(end);
             let first = range.clone().map(|row| rows.lsn(row)).min();
             (first.expect("chunk ranges are not empty"), range)
         })
@@ -1783,7 +1791,7 @@ mod tests {
         }
         let mut keys = Vec::new();
         let mut seen = 0;
-        super::for_each_chunk(&stream, "e", &page, |key, chunk| {
+        super::for_each_chunk(&stream, "e", &page, 0..page.len(), |key, chunk| {
             seen += chunk.range.len();
             keys.push(key);
             Ok(())

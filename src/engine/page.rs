@@ -143,22 +143,52 @@ impl Page {
 
     /// The same rows sorted by (time, LSN) (a stable sort: repeats keep their order); the
     /// page itself if it already is (one appender's events mostly arrive in order).
-    pub(crate) fn into_sorted(self) -> Page {
+    pub(crate) fn into_sorted(mut self) -> Page {
+        self.sort_rows(0..self.len());
+        self
+    }
+
+    /// Sort `rows` by (time, LSN) in place, stably; the others stay where they are.
+    pub(crate) fn sort_rows(&mut self, rows: Range<usize>) {
         let key = |row: usize| (self.time(row), self.lsn(row));
-        if (1..self.len()).all(|row| key(row - 1) <= key(row)) {
-            return self;
+        if (rows.start + 1..rows.end).all(|row| key(row - 1) <= key(row)) {
+            return;
         }
         // The keys beside the rows' numbers (a comparison reads no row), in a stable sort,
         // which takes the runs of a page mostly in order as they are.
-        let mut order: Vec<(i64, u64, usize)> = (0..self.len())
+        let mut order: Vec<(i64, u64, usize)> = rows
+            .clone()
             .map(|row| (self.time(row), self.lsn(row), row))
             .collect();
         order.sort_by_key(|&(time, lsn, _)| (time, lsn));
-        let mut data = Vec::with_capacity(self.data.len());
+        let mut sorted = Vec::with_capacity(rows.len() * self.stride);
         for (_, _, row) in order {
-            data.extend_from_slice(&self.data[row * self.stride..(row + 1) * self.stride]);
+            sorted.extend_from_slice(&self.data[row * self.stride..(row + 1) * self.stride]);
         }
-        Page { data, ..self }
+        self.data[rows.start * self.stride..rows.end * self.stride].copy_from_slice(&sorted);
+    }
+
+    /// The same rows grouped: row `r` belongs to group `group_of[r]`, and group `g`'s rows
+    /// are to start at row `group_starts[g]` of the result (so `group_starts` ascends and
+    /// leaves each group room for its rows), in their order here.
+    pub(crate) fn grouped(&self, group_of: &[u32], group_starts: &[usize]) -> Page {
+        assert_eq!(group_of.len(), self.len(), "a group for every row");
+        let stride = self.stride;
+        let mut next = group_starts.to_vec();
+        let mut data = vec![0; self.data.len()];
+        for (from, &group) in group_of.iter().enumerate() {
+            let to = &mut next[group as usize];
+            data[*to * stride..(*to + 1) * stride]
+                .copy_from_slice(&self.data[from * stride..(from + 1) * stride]);
+            *to += 1;
+        }
+        debug_assert!(
+            next.iter()
+                .zip(group_starts.iter().skip(1))
+                .all(|(end, start)| end == start),
+            "each group fills its room exactly"
+        );
+        Page { data, ..*self }
     }
 
     /// Drop the spare capacity.
@@ -319,5 +349,43 @@ mod tests {
             );
         }
         assert_eq!(page.extract(1..3).len(), 2);
+    }
+
+    /// Grouping moves every row, whole, to its group's room, in its order; sorting a range
+    /// sorts it alone.
+    #[test]
+    fn rows_group_and_sort_within_their_group() {
+        let mut page = Page::new(2);
+        // (time, LSN, group): the groups interleave, and group 1's times are out of order.
+        let rows = [
+            (5, 0, 1),
+            (1, 1, 0),
+            (3, 2, 1),
+            (2, 3, 2),
+            (4, 4, 1),
+            (1, 5, 0),
+        ];
+        for (time, lsn, group) in rows {
+            page.push(
+                time,
+                lsn,
+                &[Some(lsn * 10), lsn.is_multiple_of(2).then_some(group)],
+            );
+        }
+        let group_of: Vec<u32> = rows.iter().map(|&(_, _, group)| group as u32).collect();
+        let mut grouped = page.grouped(&group_of, &[0, 2, 5]);
+        let lsns = |page: &Page| (0..page.len()).map(|r| page.lsn(r)).collect::<Vec<_>>();
+        assert_eq!(lsns(&grouped), vec![1, 5, 0, 2, 4, 3]);
+        for row in 0..grouped.len() {
+            let lsn = grouped.lsn(row);
+            let (time, _, group) = rows[lsn as usize];
+            assert_eq!(grouped.time(row), time);
+            assert_eq!(grouped.cell(0, row), Some(lsn * 10));
+            assert_eq!(grouped.cell(1, row), lsn.is_multiple_of(2).then_some(group));
+        }
+        grouped.sort_rows(2..5);
+        assert_eq!(lsns(&grouped), vec![1, 5, 2, 4, 0, 3], "group 1 by time");
+        let times: Vec<i64> = (0..grouped.len()).map(|r| grouped.time(r)).collect();
+        assert_eq!(times, vec![1, 1, 3, 4, 5, 2]);
     }
 }

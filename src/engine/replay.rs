@@ -9,35 +9,37 @@
 //!    field's type, and routes each event by the parity of its entity's name hash, in log
 //!    order;
 //! 2. **apply** — each thread owns the entities of one parity and applies their events,
-//!    the first half's then the second's (log order again), with [`apply_to`], the one
-//!    apply.
+//!    the first half's then the second's (log order again): what
+//!    [`apply_to`](super::apply_to), the one apply, does to a partial state, for a whole stream's entities at once
+//!    ([`OwnedStream`]).
 //!
 //! A record that is not an event (definitions, removed features) comes in a batch of its
 //! own and is applied in its place, so the events after it see the catalog it makes.
 //!
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
 //! only the events since the last flush. A flush (every `checkpoint_events` events, and at
-//! the end) has each apply thread write its entities' rows as chunks to a sorted run (a
-//! file of RocksDB's table format: no WAL, no memtable, no flush later) while a third
-//! writes the ids as a run of one chunk, ingests it and adds the ids to the id set; the
-//! rows' runs are ingested into the state store, then the catalog and `applied_lsn` are
-//! committed with [`Inner::checkpoint`], and the states dropped: a replay leaves no entity
-//! in memory, and holds at most one flush's events. A crash between the ingestions and that
+//! the end) has each apply thread group its rows by entity and write them as chunks to a
+//! sorted run (a file of RocksDB's table format: no WAL, no memtable, no flush later)
+//! while a third writes the ids as a run of one chunk, ingests it and adds the ids to the
+//! id set; the rows' runs are ingested into the state store, then the catalog and
+//! `applied_lsn` are committed with [`Inner::checkpoint`], and the rows dropped: a replay
+//! leaves no entity in memory, and holds at most one flush's events. A crash between the ingestions and that
 //! commit leaves rows and ids persisted past `applied_lsn`; the next open replays and
 //! persists them again, and loading an entity (as the state digest does) merges the
 //! repeated rows, the id set the repeated ids.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use fsdb_storage::Lsn;
 use fsdb_storage::log::Scan;
 use fsdb_storage::state::{FinishedRun, Table};
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
-use super::{
-    EntityState, Inner, StreamState, apply_to, dedup_hash, entity_prefix, for_each_chunk, pack_ids,
-};
+use super::page::Page;
+use super::{Inner, StreamState, dedup_hash, entity_prefix, for_each_chunk, pack_ids};
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
@@ -78,6 +80,8 @@ struct Routed<'a> {
 struct RoutedEvent<'a> {
     stream: u32,
     entity: &'a str,
+    /// The entity's name hash ([`entity_hash`]).
+    entity_hash: u64,
     time_ms: i64,
     lsn: Lsn,
     cells: usize,
@@ -161,11 +165,12 @@ impl<'a> Decoded<'a> {
             if values.len() != state.field_types.len() {
                 return Err(mismatch("not as many values as its stream has fields"));
             }
-            let parity = xxhash_rust::xxh3::xxh3_64(entity.as_bytes()) & 1;
-            let routed = &mut decoded.by_parity[parity as usize];
+            let entity_hash = entity_hash(entity);
+            let routed = &mut decoded.by_parity[parity(entity_hash)];
             routed.rows.push(RoutedEvent {
                 stream,
                 entity,
+                entity_hash,
                 time_ms,
                 lsn,
                 cells: routed.cells.len(),
@@ -190,13 +195,135 @@ impl<'a> Decoded<'a> {
     }
 }
 
-/// The entities of one parity, owned by one apply thread, with the events applied to them
-/// since the last flush.
+/// The hash an entity's name is routed and found by.
+fn entity_hash(entity: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(entity.as_bytes())
+}
+
+/// The apply thread that owns an entity: one bit of its name hash, from the middle (an
+/// owner's table of names finds them by the whole hash, and uses its low bits first).
+fn parity(entity_hash: u64) -> usize {
+    (entity_hash >> 32 & 1) as usize
+}
+
+/// The events of one entity parity applied since the last flush, by stream id: what one
+/// apply thread owns.
 #[derive(Default)]
 struct Owned {
-    /// By stream id, then entity name.
-    entities: Vec<FxHashMap<Box<str>, EntityState>>,
+    streams: Vec<Option<OwnedStream>>,
     events: usize,
+}
+
+/// The events of one stream applied to the entities of one parity since the last flush.
+///
+/// A replayed entity's state is partial (see the module documentation), and
+/// [`apply_to`](super::apply_to) on a partial state pushes the event's row onto the
+/// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every entity's rows are pushed onto one page,
+/// in log order, each beside its entity's number, and the flush groups them by entity
+/// ([`Page::grouped`]) before sorting each entity's rows: the same rows, in the same order
+/// per entity, without a lookup of the entity's state, or a write to the end of its page,
+/// at every event (cache misses, mostly, with thousands of entities).
+struct OwnedStream {
+    rows: Page,
+    /// The entity of each row of `rows`: its number in `entities`.
+    row_entity: Vec<u32>,
+    entities: EntityNames,
+}
+
+impl OwnedStream {
+    fn new(columns: usize) -> OwnedStream {
+        OwnedStream {
+            rows: Page::new(columns),
+            row_entity: Vec::new(),
+            entities: EntityNames::default(),
+        }
+    }
+
+    /// Hand each entity's name and rows, sorted by (time, LSN), to `take`, entities in key
+    /// order.
+    fn for_each_entity(
+        self,
+        stream: &StreamState,
+        mut take: impl FnMut(&str, &Page, Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        let OwnedStream {
+            rows,
+            row_entity,
+            entities,
+        } = self;
+        // Entities in key order; `rank[entity]`: the entity's place in it.
+        let mut order: Vec<(Vec<u8>, u32)> = (0..entities.count())
+            .map(|entity| (entity_prefix(stream.id, entities.name(entity)), entity))
+            .collect();
+        order.sort_unstable();
+        let mut rank = vec![0u32; order.len()];
+        for (place, (_, entity)) in order.iter().enumerate() {
+            rank[*entity as usize] = place as u32;
+        }
+        // Where each entity's rows start, in that order.
+        let mut starts = vec![0usize; order.len() + 1];
+        for &entity in &row_entity {
+            starts[rank[entity as usize] as usize + 1] += 1;
+        }
+        for place in 1..starts.len() {
+            starts[place] += starts[place - 1];
+        }
+        let row_rank: Vec<u32> = row_entity.iter().map(|&e| rank[e as usize]).collect();
+        drop(row_entity);
+        let mut grouped = rows.grouped(&row_rank, &starts[..order.len()]);
+        drop((rows, row_rank));
+        for (place, (_, entity)) in order.iter().enumerate() {
+            let entity_rows = starts[place]..starts[place + 1];
+            grouped.sort_rows(entity_rows.clone());
+            take(entities.name(*entity), &grouped, entity_rows)?;
+        }
+        Ok(())
+    }
+}
+
+/// Entity names, each numbered in the order first seen, found by their [`entity_hash`].
+#[derive(Default)]
+struct EntityNames {
+    /// Entity numbers, by hash.
+    table: HashTable<u32>,
+    /// By entity number: its hash, and where its name ends in `names`.
+    hashes: Vec<u64>,
+    ends: Vec<usize>,
+    names: String,
+}
+
+impl EntityNames {
+    fn count(&self) -> u32 {
+        self.hashes.len() as u32
+    }
+
+    fn name(&self, entity: u32) -> &str {
+        let entity = entity as usize;
+        let start = if entity == 0 {
+            0
+        } else {
+            self.ends[entity - 1]
+        };
+        &self.names[start..self.ends[entity]]
+    }
+
+    /// The number of the entity `name` (whose hash is `hash`), numbering it if it is new.
+    fn number(&mut self, hash: u64, name: &str) -> u32 {
+        let found = self.table.find(hash, |&entity| {
+            self.hashes[entity as usize] == hash && self.name(entity) == name
+        });
+        if let Some(&entity) = found {
+            return entity;
+        }
+        let entity = u32::try_from(self.hashes.len()).expect("a flush holds below 2^32 events");
+        self.hashes.push(hash);
+        self.names.push_str(name);
+        self.ends.push(self.names.len());
+        let hashes = &self.hashes;
+        self.table
+            .insert_unique(hash, entity, |&e| hashes[e as usize]);
+        entity
+    }
 }
 
 impl Owned {
@@ -204,48 +331,42 @@ impl Owned {
     fn apply(&mut self, routed: &Routed<'_>, streams: &[Arc<StreamState>]) {
         for event in &routed.rows {
             let stream = event.stream as usize;
-            if self.entities.len() <= stream {
-                self.entities.resize_with(stream + 1, FxHashMap::default);
+            if self.streams.len() <= stream {
+                self.streams.resize_with(stream + 1, || None);
             }
             let columns = streams[stream].field_types.len();
-            let entities = &mut self.entities[stream];
-            let state = match entities.get_mut(event.entity) {
-                Some(state) => state,
-                None => entities
-                    .entry(event.entity.into())
-                    .or_insert_with(|| EntityState::partial(columns)),
-            };
+            let owned = self.streams[stream].get_or_insert_with(|| OwnedStream::new(columns));
+            let entity = owned.entities.number(event.entity_hash, event.entity);
             let cells = &routed.cells[event.cells..event.cells + columns];
-            let inserted = apply_to(state, event.time_ms, event.lsn, cells);
-            debug_assert!(inserted, "a partial state takes every event");
+            // What `apply_to` does to a partial state (see `OwnedStream`).
+            owned.rows.push(event.time_ms, event.lsn, cells);
+            owned.row_entity.push(entity);
         }
         self.events += routed.rows.len();
     }
 
     /// Write every owned entity's rows as chunks to a sorted run of the state store (for
-    /// the caller to ingest) and drop the states.
+    /// the caller to ingest) and drop them.
     fn persist(
         &mut self,
         inner: &Inner,
         streams: &[Arc<StreamState>],
     ) -> Result<Option<FinishedRun>> {
-        // A run takes keys in order: entities by their keys' common prefix, then each
-        // entity's chunks in order (`for_each_chunk`).
-        let mut entities: Vec<(Vec<u8>, &StreamState, Box<str>, EntityState)> = Vec::new();
-        for (stream, owned) in streams.iter().zip(&mut self.entities) {
-            for (name, state) in owned.drain() {
-                entities.push((entity_prefix(stream.id, &name), stream, name, state));
-            }
-        }
-        entities.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A run takes keys in order: streams by id (a key starts with it, big-endian), then
+        // entities by name (`for_each_entity`), then each entity's chunks
+        // (`for_each_chunk`).
         let mut run = inner.state.sorted_run(Table::Events)?;
         let mut value = Vec::new();
-        for (_, stream, name, state) in entities {
-            let rows = state.unpersisted.into_sorted();
-            for_each_chunk(stream, &name, &rows, |key, chunk| {
-                value.clear();
-                chunk.encode_into(&mut value);
-                Ok(run.put(&key, &value)?)
+        for (stream, owned) in streams.iter().zip(&mut self.streams) {
+            let Some(owned) = owned.take() else {
+                continue;
+            };
+            owned.for_each_entity(stream, |name, rows, entity_rows| {
+                for_each_chunk(stream, name, rows, entity_rows, |key, chunk| {
+                    value.clear();
+                    chunk.encode_into(&mut value);
+                    Ok(run.put(&key, &value)?)
+                })
             })?;
         }
         self.events = 0;
@@ -448,6 +569,23 @@ fn read_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names are told apart by their bytes, not their hash: names of one hash get numbers of
+    /// their own.
+    #[test]
+    fn entity_names_are_numbered_by_name() {
+        let mut names = EntityNames::default();
+        let same_hash = 7;
+        assert_eq!(names.number(same_hash, "a"), 0);
+        assert_eq!(names.number(same_hash, "b"), 1);
+        assert_eq!(names.number(entity_hash("c"), "c"), 2);
+        assert_eq!(names.number(same_hash, "a"), 0);
+        assert_eq!(names.number(same_hash, "b"), 1);
+        assert_eq!(names.number(same_hash, ""), 3);
+        assert_eq!(names.count(), 4);
+        let all: Vec<&str> = (0..names.count()).map(|e| names.name(e)).collect();
+        assert_eq!(all, ["a", "b", "c", ""]);
+    }
 
     /// The cache answers the stream's table's ids, and starts again past its bound.
     #[test]
