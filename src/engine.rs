@@ -49,7 +49,7 @@ pub(crate) mod strings;
 use entity::EntityRun;
 use feature::CompiledFeature;
 use ids::IdSet;
-use strings::StringTable;
+use strings::{Interner, StringTable};
 
 /// How to open a database. Every limit is named with its unit.
 #[derive(Clone, Debug)]
@@ -274,7 +274,7 @@ pub(crate) type EntitySlot = Arc<Mutex<Option<EntityState>>>;
 
 /// A field value of a validated event as the engine stores it: 8 raw bytes, or null.
 /// (Replay converts decoded values itself, checking each against its field's type.)
-fn cell(value: &Value, strings: &StringTable) -> Option<u64> {
+fn cell(value: &Value, strings: &mut Interner<'_>) -> Option<u64> {
     match value {
         Value::Null => None,
         Value::Int(i) => Some(*i as u64),
@@ -413,7 +413,6 @@ pub(crate) struct Inner {
     evicting: Mutex<()>,
     wake: Condvar,
     shutdown: Mutex<bool>,
-    poison: Mutex<Option<String>>,
     /// The last background checkpoint failure, if the latest attempt failed.
     checkpoint_error: Mutex<Option<String>>,
     /// Entities dropped from memory by the cache budget, since open.
@@ -483,36 +482,46 @@ impl StreamState {
         &self.entities[(hash % ENTITY_SHARDS as u64) as usize]
     }
 
-    /// The raw cells of an event's values (interning strings), appended to `cells`.
-    fn cells_into(&self, values: &[Value], cells: &mut Vec<Option<u64>>) {
-        cells.extend(values.iter().map(|v| cell(v, &self.strings)));
+    /// The cells of each row of values, appended to `cells` (strings interned under one
+    /// read lock of the stream's table, taken once for all the rows).
+    fn cells_into<'v>(
+        &self,
+        rows: impl IntoIterator<Item = &'v [Value]>,
+        cells: &mut Vec<Option<u64>>,
+    ) {
+        let mut strings = self.strings.interner();
+        for values in rows {
+            cells.extend(values.iter().map(|v| cell(v, &mut strings)));
+        }
     }
 
-    /// The entity's slot; with `create`, an entity not yet in memory gets a slot (loaded on
-    /// first lock), else `None` unless the state store holds rows of it.
-    pub(crate) fn entity(
-        &self,
-        name: &str,
-        store: &StateStore,
-        create: bool,
-    ) -> Result<Option<EntitySlot>> {
+    /// The entity's slot, if it is in memory or the state store holds rows of it (a query
+    /// must not fill memory with entities that do not exist).
+    pub(crate) fn entity(&self, name: &str, store: &StateStore) -> Result<Option<EntitySlot>> {
         let shard = self.shard(name);
         if let Some(slot) = shard.read().get(name) {
             return Ok(Some(Arc::clone(slot)));
         }
-        if !create {
-            // A query must not fill memory with entities that do not exist.
-            let prefix = entity_prefix(self.id, name);
-            if store.scan_prefix(Table::Events, &prefix).next().is_none() {
-                return Ok(None);
-            }
+        let prefix = entity_prefix(self.id, name);
+        if store.scan_prefix(Table::Events, &prefix).next().is_none() {
+            return Ok(None);
         }
-        Ok(Some(Arc::clone(
+        Ok(Some(self.slot_or_new(name)))
+    }
+
+    /// The entity's slot; an entity not yet in memory gets one, loaded on first lock (an
+    /// empty slot reads as an entity without events: appends make their entities so).
+    fn slot_or_new(&self, name: &str) -> EntitySlot {
+        let shard = self.shard(name);
+        if let Some(slot) = shard.read().get(name) {
+            return Arc::clone(slot);
+        }
+        Arc::clone(
             shard
                 .write()
                 .entry(name.into())
                 .or_insert_with(|| Arc::new(Mutex::new(None))),
-        )))
+        )
     }
 
     /// Lock an entity's slot with its whole history in memory: read from the state store on
@@ -677,7 +686,7 @@ impl StreamState {
                     });
                 }
                 cells.clear();
-                self.cells_into(values, &mut cells);
+                self.cells_into([&values[..]], &mut cells);
                 run.insert(*time, *lsn, &cells);
             }
         }
@@ -842,7 +851,6 @@ impl Db {
             evicting: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: Mutex::new(false),
-            poison: Mutex::new(None),
             checkpoint_error: Mutex::new(None),
             evicted: AtomicU64::new(0),
             materialized: AtomicU64::new(0),
@@ -1044,12 +1052,7 @@ impl Db {
     /// Whether the database can accept writes, and why not.
     pub fn health(&self) -> Health {
         Health {
-            poisoned: self
-                .inner
-                .poison
-                .lock()
-                .clone()
-                .or_else(|| self.inner.log.poisoned()),
+            poisoned: self.inner.log.poisoned(),
             checkpoint_error: self.inner.checkpoint_error.lock().clone(),
             last_lsn: self.inner.log.end_lsn() - 1,
             durable_lsn: self.inner.log.durable_lsn() - 1,
@@ -1075,9 +1078,6 @@ impl Db {
             .flatten()
         {
             let _ = thread.join();
-        }
-        if self.inner.poison.lock().is_some() {
-            return Ok(());
         }
         self.inner.checkpoint()?;
         self.inner.state.flush()?;
@@ -1290,22 +1290,6 @@ fn unpack_ids<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u1
 }
 
 impl Inner {
-    pub(crate) fn check_poison(&self) -> Result<()> {
-        match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn poison_with(&self, error: &Error) {
-        let mut poison = self.poison.lock();
-        if poison.is_none() {
-            *poison = Some(error.to_string());
-        }
-    }
-
     pub(crate) fn stream(&self, name: &str) -> Result<Arc<StreamState>> {
         let registry = self.registry.read();
         let (index, _) = registry
@@ -1316,7 +1300,6 @@ impl Inner {
     }
 
     fn apply_definitions(&self, definitions: &Definitions) -> Result<ApplyReport> {
-        self.check_poison()?;
         let registry = self.registry.write();
         let plan = registry.catalog.plan(definitions)?;
         let report = ApplyReport {
@@ -1356,7 +1339,6 @@ impl Inner {
     }
 
     fn remove_features(&self, names: &[&str]) -> Result<Vec<String>> {
-        self.check_poison()?;
         let registry = self.registry.write();
         let mut removed: Vec<String> = Vec::with_capacity(names.len());
         for &name in names {
@@ -1376,7 +1358,6 @@ impl Inner {
     }
 
     fn append(&self, stream: &Arc<StreamState>, events: &[Event]) -> Result<AppendReport> {
-        self.check_poison()?;
         let max = self.options.limits.batch_events_max;
         if events.len() > max {
             return Err(Error::BatchTooLarge {
@@ -1444,18 +1425,11 @@ impl Inner {
         // While the log syncs: the part of applying that nothing reads.
         let columns = stream.field_types.len();
         let mut cells = Vec::with_capacity(accepted.len() * columns);
-        let slots = accepted
+        stream.cells_into(accepted.iter().map(|&i| &events[i].values[..]), &mut cells);
+        let slots: Vec<EntitySlot> = accepted
             .iter()
-            .map(|&i| self.prepare_event(stream, &events[i].entity, &events[i].values, &mut cells))
-            .collect::<Result<Vec<EntitySlot>>>();
-        let slots = match slots {
-            Ok(slots) => slots,
-            Err(e) => {
-                // The batch is in the log: state can no longer follow it.
-                self.poison_with(&e);
-                return Err(e);
-            }
-        };
+            .map(|&i| stream.slot_or_new(&events[i].entity))
+            .collect();
         // Durable before visible: duplicates too wait for the original's durability.
         if self.options.durability == Durability::Sync {
             self.log.wait_durable(end_lsn)?;
@@ -1480,23 +1454,6 @@ impl Inner {
             accepted: accepted.len(),
             duplicates: events.len() - accepted.len(),
         })
-    }
-
-    /// The part of applying an event that changes nothing a reader can see, and may run
-    /// before the event is durable: its cells (strings interned) appended to `cells`, and
-    /// its entity's slot (created empty if the entity is new: an empty slot reads as an
-    /// entity without events).
-    fn prepare_event(
-        &self,
-        stream: &StreamState,
-        entity: &str,
-        values: &[Value],
-        cells: &mut Vec<Option<u64>>,
-    ) -> Result<EntitySlot> {
-        stream.cells_into(values, cells);
-        Ok(stream
-            .entity(entity, &self.state, true)?
-            .expect("created on demand"))
     }
 
     /// Apply one prepared event (ingest): [`apply_to`] under its entity's lock.
@@ -1723,9 +1680,6 @@ impl Inner {
                 if *shutdown {
                     return;
                 }
-            }
-            if self.check_poison().is_err() {
-                return;
             }
             // The log holds everything; a failed checkpoint is retried by the next one (or
             // replayed on reopen), and reported by `Db::health`.

@@ -52,8 +52,6 @@ pub enum Error {
         "the log starts at LSN {log_first} but the state needs it from {needed}; the log was cut (repair?) below the state: delete the state directory to rebuild from what the log holds"
     )]
     LogBehindState { log_first: Lsn, needed: Lsn },
-    #[error("the database is poisoned by an earlier failure ({cause}); reopen it")]
-    Poisoned { cause: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -172,13 +172,12 @@ impl Db {
         remember: bool,
         stats: &mut QueryStats,
     ) -> Result<FeatureRow> {
-        self.inner.check_poison()?;
         let mut values = vec![Value::Null; plan.names.len()];
         for (&stream_index, stream_plan) in &plan.by_stream {
             let stream = &plan.streams[stream_index];
             let features = stream.features.read();
             let wanted = stream_plan.wanted(&features)?;
-            let slot = stream.entity(entity, &self.inner.state, false)?;
+            let slot = stream.entity(entity, &self.inner.state)?;
             let Some(slot) = slot else {
                 // Never seen: every aggregation's empty-window value.
                 let strings = stream.strings.read();
@@ -273,7 +272,7 @@ impl Db {
         // Drop what `latest` remembered for this entity, so that the fold runs.
         for &stream_index in plan.by_stream.keys() {
             let stream = &plan.streams[stream_index];
-            if let Some(slot) = stream.entity(entity, &self.inner.state, false)? {
+            if let Some(slot) = stream.entity(entity, &self.inner.state)? {
                 stream
                     .lock_loaded(&slot, entity, &self.inner.state)?
                     .latest

@@ -333,7 +333,7 @@ impl Db {
         out: &TrainingSet,
     ) -> Result<()> {
         let store = &self.inner.state;
-        let slot = stream.entity(entity, store, false)?;
+        let slot = stream.entity(entity, store)?;
         // An entity loaded only for this sweep leaves memory after it: a training set
         // visits each entity once, and keeping them all would hold the whole state.
         let loaded_here = slot.as_ref().is_some_and(|slot| !history_in_memory(slot));

@@ -50,7 +50,6 @@ struct PassKey {
 
 impl Inner {
     fn materialize(&self) -> Result<MaterializeReport> {
-        self.check_poison()?;
         let now = self.options.clock.now_ms();
         let streams = self.registry.read().streams.clone();
         let mut report = MaterializeReport::default();
@@ -111,7 +110,7 @@ impl Inner {
     }
 
     /// The background loop: a pass every `materialize_interval_ms` in which events were
-    /// applied, a period started or the features changed; until shutdown or poison.
+    /// applied, a period started or the features changed; until shutdown.
     pub(super) fn run_materializer(&self) {
         let interval = Duration::from_millis(self.options.materialize_interval_ms.max(1));
         let mut last: Option<PassKey> = None;
@@ -132,7 +131,7 @@ impl Inner {
             }
             match self.materialize() {
                 Ok(_) => last = Some(key),
-                // Poisoned: reads keep working and compute what they need.
+                // A pass that fails ends the thread: reads compute what they need without it.
                 Err(_) => return,
             }
         }

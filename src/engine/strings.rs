@@ -50,6 +50,34 @@ impl StringTable {
     pub(crate) fn read(&self) -> StringsView<'_> {
         StringsView(self.inner.read())
     }
+
+    /// An interner for many strings in a row (a batch's), which takes the read lock once
+    /// for all the strings already known, rather than once each.
+    pub(crate) fn interner(&self) -> Interner<'_> {
+        Interner {
+            table: self,
+            known: None,
+        }
+    }
+}
+
+/// [`StringTable::intern`] for many strings, holding the table's read lock between them
+/// (let go to add a new string).
+pub(crate) struct Interner<'a> {
+    table: &'a StringTable,
+    known: Option<RwLockReadGuard<'a, Inner>>,
+}
+
+impl Interner<'_> {
+    pub(crate) fn intern(&mut self, s: &str) -> StrId {
+        let known = self.known.get_or_insert_with(|| self.table.inner.read());
+        if let Some(&id) = known.ids.get(s) {
+            return id;
+        }
+        // A new string: added under the write lock, which waits for every reader.
+        self.known = None;
+        self.table.intern(s)
+    }
 }
 
 impl Strings for StringsView<'_> {
@@ -59,5 +87,27 @@ impl Strings for StringsView<'_> {
 
     fn hash(&self, id: StrId) -> u64 {
         self.0.strings[id.0 as usize].1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An interner answers the table's ids, and adds a new string (letting go of its read
+    /// lock first: holding it, the table's write lock would wait forever).
+    #[test]
+    fn an_interner_gives_the_tables_ids() {
+        let table = StringTable::default();
+        let a = table.intern("a");
+        let mut interner = table.interner();
+        assert_eq!(interner.intern("a"), a);
+        let b = interner.intern("b");
+        assert_ne!(a, b);
+        assert_eq!(interner.intern("b"), b);
+        assert_eq!(interner.intern("a"), a);
+        drop(interner);
+        assert_eq!(table.intern("b"), b);
+        assert_eq!(table.read().get(b), "b");
     }
 }

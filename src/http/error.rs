@@ -101,7 +101,7 @@ impl From<Error> for ApiError {
                     .with("max", max)
             }
             Error::Time(_) => ApiError::bad_request("invalid_time", message),
-            Error::Poisoned { .. } | Error::Log(fsdb_storage::LogError::Poisoned { .. }) => {
+            Error::Log(fsdb_storage::LogError::Poisoned { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
                     .with_retry_after(30)
             }
