@@ -9,9 +9,9 @@
 //!    field's type, and routes each event by the parity of its entity's name hash, in log
 //!    order;
 //! 2. **apply** — each thread owns the entities of one parity and applies their events,
-//!    the first half's then the second's (log order again): what
-//!    [`apply_to`](super::apply_to), the one apply, does to a partial state, for a whole stream's entities at once
-//!    ([`OwnedStream`]).
+//!    the first half's then the second's (log order again): it does what
+//!    [`apply_to`](super::apply_to), the one apply, does to a partial state, for all of a
+//!    stream's entities at once ([`OwnedStream`]).
 //!
 //! A record that is not an event (definitions, removed features) comes in a batch of its
 //! own and is applied in its place, so the events after it see the catalog it makes.
@@ -23,10 +23,10 @@
 //! while a third writes the ids as a run of one chunk, ingests it and adds the ids to the
 //! id set; the rows' runs are ingested into the state store, then the catalog and
 //! `applied_lsn` are committed with [`Inner::checkpoint`], and the rows dropped: a replay
-//! leaves no entity in memory, and holds at most one flush's events. A crash between the ingestions and that
-//! commit leaves rows and ids persisted past `applied_lsn`; the next open replays and
-//! persists them again, and loading an entity (as the state digest does) merges the
-//! repeated rows, the id set the repeated ids.
+//! leaves no entity in memory, and holds at most one flush's events. A crash between the
+//! ingestions and that commit leaves rows and ids persisted past `applied_lsn`; the next
+//! open replays and persists them again, and loading an entity (as the state digest does)
+//! merges the repeated rows, the id set the repeated ids.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -218,11 +218,12 @@ struct Owned {
 ///
 /// A replayed entity's state is partial (see the module documentation), and
 /// [`apply_to`](super::apply_to) on a partial state pushes the event's row onto the
-/// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every entity's rows are pushed onto one page,
-/// in log order, each beside its entity's number, and the flush groups them by entity
-/// ([`Page::grouped`]) before sorting each entity's rows: the same rows, in the same order
-/// per entity, without a lookup of the entity's state, or a write to the end of its page,
-/// at every event (cache misses, mostly, with thousands of entities).
+/// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every
+/// entity's rows are pushed onto one page, in log order, each beside its entity's number,
+/// and the flush groups them by entity ([`Page::grouped`]) before sorting each entity's
+/// rows: the same rows, in the same order per entity, without a lookup of the entity's
+/// state, or a write to the end of its page, at every event (cache misses, mostly, with
+/// thousands of entities).
 struct OwnedStream {
     rows: Page,
     /// The entity of each row of `rows`: its number in `entities`.
@@ -353,8 +354,8 @@ impl Owned {
         streams: &[Arc<StreamState>],
     ) -> Result<Option<FinishedRun>> {
         // A run takes keys in order: streams by id (a key starts with it, big-endian), then
-        // entities by name (`for_each_entity`), then each entity's chunks
-        // (`for_each_chunk`).
+        // each stream's entities in key order (`for_each_entity`), then each entity's
+        // chunks (`for_each_chunk`).
         let mut run = inner.state.sorted_run(Table::Events)?;
         let mut value = Vec::new();
         for (stream, owned) in streams.iter().zip(&mut self.streams) {
