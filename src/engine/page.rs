@@ -29,6 +29,11 @@ impl Page {
         }
     }
 
+    /// Make room for `rows` more rows.
+    pub(crate) fn reserve_rows(&mut self, rows: usize) {
+        self.data.reserve_exact(rows * self.stride);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.data.len() / self.stride
     }
@@ -168,19 +173,31 @@ impl Page {
         self.data[rows.start * self.stride..rows.end * self.stride].copy_from_slice(&sorted);
     }
 
-    /// The same rows grouped: row `r` belongs to group `group_of[r]`, and group `g`'s rows
-    /// are to start at row `group_starts[g]` of the result (so `group_starts` ascends and
-    /// leaves each group room for its rows), in their order here.
-    pub(crate) fn grouped(&self, group_of: &[u32], group_starts: &[usize]) -> Page {
-        assert_eq!(group_of.len(), self.len(), "a group for every row");
-        let stride = self.stride;
+    /// The rows of `pages` (of `columns` cells each), one page after the other, on one page
+    /// and grouped: row `r` belongs to group `group_of[r]`, and group `g`'s rows are to
+    /// start at row `group_starts[g]` of the result (so `group_starts` ascends and leaves
+    /// each group room for its rows), in their order in `pages`. Each page is dropped once
+    /// its rows are moved: at most one of them is held beside the result.
+    pub(crate) fn grouped(
+        columns: usize,
+        pages: Vec<Page>,
+        group_of: &[u32],
+        group_starts: &[usize],
+    ) -> Page {
+        let mut grouped = Page::new(columns);
+        let stride = grouped.stride;
+        assert!(pages.iter().all(|page| page.stride == stride));
+        let rows: usize = pages.iter().map(Page::len).sum();
+        assert_eq!(group_of.len(), rows, "a group for every row");
         let mut next = group_starts.to_vec();
-        let mut data = vec![0; self.data.len()];
-        for (from, &group) in group_of.iter().enumerate() {
-            let to = &mut next[group as usize];
-            data[*to * stride..(*to + 1) * stride]
-                .copy_from_slice(&self.data[from * stride..(from + 1) * stride]);
-            *to += 1;
+        grouped.data = vec![0; rows * stride];
+        let mut groups = group_of.iter();
+        for page in pages {
+            for from in page.data.chunks_exact(stride) {
+                let to = &mut next[*groups.next().expect("a group for every row") as usize];
+                grouped.data[*to * stride..(*to + 1) * stride].copy_from_slice(from);
+                *to += 1;
+            }
         }
         debug_assert!(
             next.iter()
@@ -188,7 +205,7 @@ impl Page {
                 .all(|(end, start)| end == start),
             "each group fills its room exactly"
         );
-        Page { data, ..*self }
+        grouped
     }
 
     /// Drop the spare capacity.
@@ -373,7 +390,9 @@ mod tests {
             );
         }
         let group_of: Vec<u32> = rows.iter().map(|&(_, _, group)| group as u32).collect();
-        let mut grouped = page.grouped(&group_of, &[0, 2, 5]);
+        // The rows on two pages, as a replay keeps them.
+        let pages = vec![page.extract(0..4), page.extract(4..6)];
+        let mut grouped = Page::grouped(2, pages, &group_of, &[0, 2, 5]);
         let lsns = |page: &Page| (0..page.len()).map(|r| page.lsn(r)).collect::<Vec<_>>();
         assert_eq!(lsns(&grouped), vec![1, 5, 0, 2, 4, 3]);
         for row in 0..grouped.len() {

@@ -219,25 +219,44 @@ struct Owned {
 /// A replayed entity's state is partial (see the module documentation), and
 /// [`apply_to`](super::apply_to) on a partial state pushes the event's row onto the
 /// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every
-/// entity's rows are pushed onto one page, in log order, each beside its entity's number,
-/// and the flush groups them by entity ([`Page::grouped`]) before sorting each entity's
-/// rows: the same rows, in the same order per entity, without a lookup of the entity's
-/// state, or a write to the end of its page, at every event (cache misses, mostly, with
-/// thousands of entities).
+/// entity's rows are pushed onto the same pages, in log order, each beside its entity's
+/// number, and the flush groups them by entity ([`Page::grouped`]) before sorting each
+/// entity's rows: the same rows, in the same order per entity, without a lookup of the
+/// entity's state, or a write to the end of its page, at every event (cache misses,
+/// mostly, with thousands of entities).
 struct OwnedStream {
-    rows: Page,
-    /// The entity of each row of `rows`: its number in `entities`.
+    columns: usize,
+    /// The rows, in pages of [`PAGE_ROWS`] (the last one filling): no page grows by copying
+    /// itself, and grouping drops each page once it has moved its rows.
+    pages: Vec<Page>,
+    /// The entity of each row: its number in `entities`.
     row_entity: Vec<u32>,
     entities: EntityNames,
 }
 
+/// Rows per page of an [`OwnedStream`].
+const PAGE_ROWS: usize = 1 << 14;
+
 impl OwnedStream {
     fn new(columns: usize) -> OwnedStream {
         OwnedStream {
-            rows: Page::new(columns),
+            columns,
+            pages: Vec::new(),
             row_entity: Vec::new(),
             entities: EntityNames::default(),
         }
+    }
+
+    /// What `apply_to` does to a partial state, for the entity `entity`: push the row.
+    fn push(&mut self, entity: u32, time_ms: i64, lsn: Lsn, cells: &[Option<u64>]) {
+        if self.pages.last().is_none_or(|page| page.len() == PAGE_ROWS) {
+            let mut page = Page::new(self.columns);
+            page.reserve_rows(PAGE_ROWS);
+            self.pages.push(page);
+        }
+        let page = self.pages.last_mut().expect("a page with room");
+        page.push(time_ms, lsn, cells);
+        self.row_entity.push(entity);
     }
 
     /// Hand each entity's name and rows, sorted by (time, LSN), to `take`, entities in key
@@ -248,7 +267,8 @@ impl OwnedStream {
         mut take: impl FnMut(&str, &Page, Range<usize>) -> Result<()>,
     ) -> Result<()> {
         let OwnedStream {
-            rows,
+            columns,
+            pages,
             row_entity,
             entities,
         } = self;
@@ -271,8 +291,8 @@ impl OwnedStream {
         }
         let row_rank: Vec<u32> = row_entity.iter().map(|&e| rank[e as usize]).collect();
         drop(row_entity);
-        let mut grouped = rows.grouped(&row_rank, &starts[..order.len()]);
-        drop((rows, row_rank));
+        let mut grouped = Page::grouped(columns, pages, &row_rank, &starts[..order.len()]);
+        drop(row_rank);
         for (place, (_, entity)) in order.iter().enumerate() {
             let entity_rows = starts[place]..starts[place + 1];
             grouped.sort_rows(entity_rows.clone());
@@ -339,9 +359,7 @@ impl Owned {
             let owned = self.streams[stream].get_or_insert_with(|| OwnedStream::new(columns));
             let entity = owned.entities.number(event.entity_hash, event.entity);
             let cells = &routed.cells[event.cells..event.cells + columns];
-            // What `apply_to` does to a partial state (see `OwnedStream`).
-            owned.rows.push(event.time_ms, event.lsn, cells);
-            owned.row_entity.push(entity);
+            owned.push(entity, event.time_ms, event.lsn, cells);
         }
         self.events += routed.rows.len();
     }
