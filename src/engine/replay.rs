@@ -48,6 +48,11 @@ use crate::value::FieldType;
 /// Log records read, decoded and applied together.
 const BATCH_RECORDS: usize = 1 << 16;
 
+/// Events a replay applies between flushes, at most, whatever `checkpoint_events` says: an
+/// owner numbers its entities of a stream with `u32`s, and a flush holds fewer than
+/// this plus one batch.
+const FLUSH_EVENTS_MAX: usize = 1 << 31;
+
 /// Log records read together: their payloads back to back, and each one's
 /// `(LSN, start, end)` in them. Either events only (records that [`wire::starts_as_event`])
 /// or one record that does not.
@@ -336,7 +341,8 @@ impl EntityNames {
         if let Some(&entity) = found {
             return entity;
         }
-        let entity = u32::try_from(self.hashes.len()).expect("a flush holds below 2^32 events");
+        let entity = u32::try_from(self.hashes.len())
+            .expect("a flush holds fewer events than 2^32 (FLUSH_EVENTS_MAX)");
         self.hashes.push(hash);
         self.names.push_str(name);
         self.ends.push(self.names.len());
@@ -434,7 +440,7 @@ impl Inner {
             let _ = free.send(batch);
             self.applied.complete(self.applied.end(), last + 1);
             let events: usize = replay.owners.iter().map(|owned| owned.events).sum();
-            if events >= self.options.checkpoint_events {
+            if events >= self.options.checkpoint_events.min(FLUSH_EVENTS_MAX) {
                 self.flush_replayed(&mut replay)?;
             }
         }
