@@ -186,7 +186,10 @@ impl Page {
     ) -> Page {
         let mut grouped = Page::new(columns);
         let stride = grouped.stride;
-        assert!(pages.iter().all(|page| page.stride == stride));
+        assert!(
+            pages.iter().all(|page| page.stride == stride),
+            "every page has {columns} columns"
+        );
         let rows: usize = pages.iter().map(Page::len).sum();
         assert_eq!(group_of.len(), rows, "a group for every row");
         let mut next = group_starts.to_vec();
