@@ -140,10 +140,7 @@ impl IdSet {
     /// many were added. Cheaper than one [`IdSet::insert`] each when there are many: they
     /// are sorted into slot order, so each shard is walked once, front to back, and a shard
     /// they would fill past [`LOAD_MAX`] is rebuilt once, at its final size, instead of
-    /// growing step by step.
-    ///
-    /// From [`PARALLEL_INSERT_MIN`] ids on, the two halves of the shards are done on two
-    /// threads.
+    /// growing step by step. One thread: a replay's flush runs it beside two others.
     pub(crate) fn insert_many(&mut self, ids: impl IntoIterator<Item = u128>) -> usize {
         let mut rotated: Vec<u128> = ids.into_iter().map(|id| id.rotate_left(64)).collect();
         let before = self.len;
@@ -151,19 +148,7 @@ impl IdSet {
             self.insert(0);
             rotated.retain(|&r| r != 0);
         }
-        let half = SHARDS / 2;
-        self.len += if rotated.len() < PARALLEL_INSERT_MIN {
-            insert_into_shards(&mut self.shards, 0, rotated)
-        } else {
-            let (low, high): (Vec<u128>, Vec<u128>) = rotated
-                .into_iter()
-                .partition(|&r| shard_of(r.rotate_right(64)) < half);
-            let (low_shards, high_shards) = self.shards.split_at_mut(half);
-            std::thread::scope(|scope| {
-                let high = scope.spawn(|| insert_into_shards(high_shards, half, high));
-                insert_into_shards(low_shards, 0, low) + high.join().expect("id insert panicked")
-            })
-        };
+        self.len += insert_into_shards(&mut self.shards, rotated);
         self.len - before
     }
 
@@ -173,15 +158,12 @@ impl IdSet {
     }
 }
 
-/// Ids at which [`IdSet::insert_many`] uses two threads.
-const PARALLEL_INSERT_MIN: usize = 1 << 16;
-
-/// Insert `rotated` (nonzero, any order, repeats allowed) into `shards`, the shards from
-/// number `first` on, which hold all of them; returns how many were absent.
-fn insert_into_shards(shards: &mut [Shard], first: usize, rotated: Vec<u128>) -> usize {
+/// Insert `rotated` (nonzero, any order, repeats allowed) into `shards` (all of them);
+/// returns how many were absent.
+fn insert_into_shards(shards: &mut [Shard], rotated: Vec<u128>) -> usize {
     // By shard with a counting sort, then each shard's ids in slot order on their own: a
     // sort of the whole list would compare (shard, id) pairs at every level.
-    let shard = |r: u128| shard_of(r.rotate_right(64)) - first;
+    let shard = |r: u128| shard_of(r.rotate_right(64));
     let mut starts = vec![0usize; shards.len() + 1];
     for &r in &rotated {
         starts[shard(r) + 1] += 1;
@@ -482,11 +464,10 @@ mod tests {
             check(&set);
             assert_eq!(set.len(), model.len());
         }
-        // Past PARALLEL_INSERT_MIN: both halves of the shards at once, on two threads.
+        // A big batch, with repeats of its own and of ids added before.
         let mut big = ids(24, 100_000);
         big.extend_from_slice(&all[..1000]);
         big.extend_from_within(..500);
-        assert!(big.len() >= PARALLEL_INSERT_MIN);
         let expected = big.iter().filter(|&&id| model.insert(id)).count();
         assert_eq!(set.insert_many(big), expected);
         check(&set);
