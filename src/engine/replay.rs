@@ -286,18 +286,20 @@ impl OwnedStream {
         for (place, (_, entity)) in order.iter().enumerate() {
             rank[*entity as usize] = place as u32;
         }
-        // Where each entity's rows start, in that order.
+        // Each row's entity by its place in that order, and where each entity's rows start.
+        let mut row_place = row_entity;
+        for entity in &mut row_place {
+            *entity = rank[*entity as usize];
+        }
         let mut starts = vec![0usize; order.len() + 1];
-        for &entity in &row_entity {
-            starts[rank[entity as usize] as usize + 1] += 1;
+        for &place in &row_place {
+            starts[place as usize + 1] += 1;
         }
         for place in 1..starts.len() {
             starts[place] += starts[place - 1];
         }
-        let row_rank: Vec<u32> = row_entity.iter().map(|&e| rank[e as usize]).collect();
-        drop(row_entity);
-        let mut grouped = Page::grouped(columns, pages, &row_rank, &starts[..order.len()]);
-        drop(row_rank);
+        let mut grouped = Page::grouped(columns, pages, &row_place, &starts[..order.len()]);
+        drop(row_place);
         for (place, (_, entity)) in order.iter().enumerate() {
             let entity_rows = starts[place]..starts[place + 1];
             grouped.sort_rows(entity_rows.clone());
