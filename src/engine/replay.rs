@@ -17,20 +17,26 @@
 //! own and is applied in its place, so the events after it see the catalog it makes.
 //!
 //! As for an append to an entity not in memory, a replayed entity's state is *partial*:
-//! only the events since the last flush. A flush (every `checkpoint_events` events, and at
-//! the end) has each apply thread group its rows by entity and write them as chunks to a
-//! sorted run (a file of RocksDB's table format: no WAL, no memtable, no flush later)
-//! while a third writes the ids as a run of one chunk, ingests it and adds the ids to the
-//! id set; the rows' runs are ingested into the state store, then the catalog and
-//! `applied_lsn` are committed with [`Inner::checkpoint`], and the rows dropped: a replay
-//! leaves no entity in memory, and holds at most one flush's events. A crash between the
-//! ingestions and that commit leaves rows and ids persisted past `applied_lsn`; the next
-//! open replays and persists them again, and loading an entity (as the state digest does)
-//! merges the repeated rows, the id set the repeated ids.
+//! only the events since the last flush. A flush (every half of `checkpoint_events` events,
+//! and at the end) runs on a thread of its own while the replay applies the next events,
+//! and waits for the flush before it (a record that is not an event waits for it too: it
+//! may change the catalog a flush commits). It has two threads group the rows of each
+//! parity by entity and write them as chunks to a sorted run (a file of RocksDB's table
+//! format: no WAL, no memtable, no flush later) while a third writes the ids as a run of
+//! one chunk and ingests it, and a fourth adds them to the id set; the rows' runs are
+//! ingested into the state store, then the catalog and `applied_lsn` (the last record the
+//! flush holds: only a flush marks replayed records applied) are committed with
+//! [`Inner::checkpoint`], and the rows dropped: a replay leaves no entity in memory, and
+//! holds at most `checkpoint_events` events (plus a batch), half being applied and half
+//! being persisted. A crash between the ingestions and that commit leaves rows and ids
+//! persisted past `applied_lsn`; the next open replays and persists them again, and
+//! loading an entity (as the state digest does) merges the repeated rows, the id set the
+//! repeated ids.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::thread::ScopedJoinHandle;
 
 use fsdb_storage::Lsn;
 use fsdb_storage::log::Scan;
@@ -52,6 +58,12 @@ const BATCH_RECORDS: usize = 1 << 16;
 /// owner numbers its entities of a stream with `u32`s, and a flush holds fewer than
 /// this plus one batch.
 const FLUSH_EVENTS_MAX: usize = 1 << 31;
+
+/// Events a replay applies between flushes: half of `checkpoint_events`, as it holds two
+/// flushes' events at once (see [`Inner::replay_batches`]).
+fn flush_events(checkpoint_events: usize) -> usize {
+    (checkpoint_events / 2).clamp(1, FLUSH_EVENTS_MAX)
+}
 
 /// Log records read together: their payloads back to back, and each one's
 /// `(LSN, start, end)` in them. Either events only (records that [`wire::starts_as_event`])
@@ -401,14 +413,26 @@ impl Owned {
     }
 }
 
-/// A replay in progress: the entities of each parity, and the ids applied since the last
-/// flush.
+/// A replay in progress: what it applied since the last flush, and the decode threads'
+/// caches.
 #[derive(Default)]
 struct Replay {
-    owners: [Owned; 2],
-    ids: Vec<u128>,
+    applied: Applied,
     /// One per decode thread.
     interned: [InternCache; 2],
+}
+
+/// What a replay applied since its last flush: the entities of each parity, and the ids.
+#[derive(Default)]
+struct Applied {
+    owners: [Owned; 2],
+    ids: Vec<u128>,
+}
+
+impl Applied {
+    fn events(&self) -> usize {
+        self.owners.iter().map(|owned| owned.events).sum()
+    }
 }
 
 impl Inner {
@@ -425,31 +449,52 @@ impl Inner {
         })
     }
 
-    /// Apply the batches `full` brings (giving each back through `free`), then flush.
+    /// Apply the batches `full` brings (giving each back through `free`), flushing every
+    /// [`flush_events`] events and at the end. A flush runs on a thread of its own while
+    /// the next events are applied, and waits for the one before it: at most two flushes'
+    /// events are held, one being applied and one being persisted.
     fn replay_batches(
         &self,
         full: Receiver<Result<RecordBatch>>,
         free: Sender<RecordBatch>,
     ) -> Result<u64> {
+        let flush_events = flush_events(self.options.checkpoint_events);
         let mut replay = Replay::default();
         let mut count = 0u64;
-        for batch in full {
-            let batch = batch?;
-            self.replay_batch(&mut replay, &batch)?;
-            count += batch.records.len() as u64;
-            let (last, _, _) = *batch.records.last().expect("batches are not empty");
-            // The reader may have finished: then it needs no batch back.
-            let _ = free.send(batch);
-            self.applied.complete(self.applied.end(), last + 1);
-            let events: usize = replay.owners.iter().map(|owned| owned.events).sum();
-            if events >= self.options.checkpoint_events.min(FLUSH_EVENTS_MAX) {
-                self.flush_replayed(&mut replay)?;
+        // One past the last record applied.
+        let mut end = self.applied.end();
+        std::thread::scope(|scope| {
+            let mut flushing: Option<ScopedJoinHandle<'_, Result<()>>> = None;
+            let finish = |flushing: &mut Option<ScopedJoinHandle<'_, Result<()>>>| {
+                flushing.take().map_or(Ok(()), |flush| {
+                    flush.join().expect("replay flusher panicked")
+                })
+            };
+            for batch in full {
+                let batch = batch?;
+                if batch.is_other_entry() {
+                    // A record that changes the catalog, which a flush commits: it is applied
+                    // with no flush running.
+                    finish(&mut flushing)?;
+                }
+                self.replay_batch(&mut replay, &batch)?;
+                count += batch.records.len() as u64;
+                let (last, _, _) = *batch.records.last().expect("batches are not empty");
+                end = last + 1;
+                // The reader may have finished: then it needs no batch back.
+                let _ = free.send(batch);
+                if replay.applied.events() >= flush_events {
+                    finish(&mut flushing)?;
+                    let applied = std::mem::take(&mut replay.applied);
+                    flushing = Some(scope.spawn(move || self.flush_replayed(applied, end)));
+                }
             }
-        }
-        if count > 0 {
-            self.flush_replayed(&mut replay)?;
-        }
-        Ok(count)
+            finish(&mut flushing)?;
+            if end > self.applied.end() {
+                self.flush_replayed(std::mem::take(&mut replay.applied), end)?;
+            }
+            Ok(count)
+        })
     }
 
     /// Apply one batch of records, in log order.
@@ -494,7 +539,7 @@ impl Inner {
             (front, back.join().expect("replay decoder panicked"))
         });
         let (front, back) = (front?, back?);
-        let [even, odd] = &mut replay.owners;
+        let [even, odd] = &mut replay.applied.owners;
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 odd.apply(&front.by_parity[1], &streams);
@@ -503,25 +548,30 @@ impl Inner {
             even.apply(&front.by_parity[0], &streams);
             even.apply(&back.by_parity[0], &streams);
         });
-        replay.ids.extend_from_slice(&front.ids);
-        replay.ids.extend_from_slice(&back.ids);
+        replay.applied.ids.extend_from_slice(&front.ids);
+        replay.applied.ids.extend_from_slice(&back.ids);
         Ok(())
     }
 
-    /// Persist what the replay applied since its last flush: the rows of both owners and the
-    /// ids, as sorted runs written on three threads and ingested; then the catalog and
-    /// `applied_lsn` (the watermark: every record read so far) in one checkpoint commit.
-    fn flush_replayed(&self, replay: &mut Replay) -> Result<()> {
+    /// Persist what the replay applied since its last flush, every record below `end`: the
+    /// rows of both owners and the ids, as sorted runs written on three threads and
+    /// ingested, while a fourth adds the ids to the id set (nothing reads it during a
+    /// replay); then the catalog and `applied_lsn` (`end - 1`) in one checkpoint commit.
+    fn flush_replayed(&self, applied: Applied, end: Lsn) -> Result<()> {
         // Rows reflect log records: those must be durable before state is. Recovery synced
         // every record it found (a replay reads no other), so this returns at once; it
         // keeps the rule where the state is written.
         self.log.sync()?;
         let streams = self.registry.read().streams.clone();
-        let [even, odd] = &mut replay.owners;
-        let ids = &mut replay.ids;
+        let Applied {
+            owners: [mut even, mut odd],
+            ids,
+        } = applied;
+        let (even, odd, ids) = (&mut even, &mut odd, &ids[..]);
         let (even_run, odd_run, ids_done) = std::thread::scope(|scope| {
             let odd_run = scope.spawn(|| odd.persist(self, &streams));
             let ids_done = scope.spawn(|| self.persist_replayed_ids(ids));
+            scope.spawn(|| self.ingest.lock().insert_many(ids.iter().copied()));
             let even_run = even.persist(self, &streams);
             let odd_run = odd_run.join().expect("replay writer panicked");
             (
@@ -533,22 +583,29 @@ impl Inner {
         ids_done?;
         let runs = [even_run?, odd_run?].into_iter().flatten().collect();
         self.state.ingest(Table::Events, runs)?;
+        // The checkpoint's watermark: flushes run one at a time, in log order, and the
+        // records applied since this one was handed over are not in it (nothing but a
+        // flush marks a replayed record applied).
+        self.applied.complete(self.applied.end(), end);
+        assert_eq!(
+            self.applied.end(),
+            end,
+            "replay flushes commit in log order"
+        );
         self.checkpoint()
     }
 
     /// Persist the ids a replay applied since its last flush, as a sorted run of one id
-    /// chunk ingested into the state store, and move them into the id set.
-    fn persist_replayed_ids(&self, ids: &mut Vec<u128>) -> Result<()> {
+    /// chunk ingested into the state store.
+    fn persist_replayed_ids(&self, ids: &[u128]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut run = self.state.sorted_run(Table::Dedup)?;
         run.put(&self.new_id_chunk_key(), &pack_ids(ids))?;
         self.state
-            .ingest(Table::Dedup, run.finish()?.into_iter().collect())?;
-        // Nothing reads the id set during a replay: the ids join it in bulk.
-        self.ingest.lock().insert_many(ids.drain(..));
-        Ok(())
+            .ingest(Table::Dedup, run.finish()?.into_iter().collect())
+            .map_err(Error::from)
     }
 }
 
