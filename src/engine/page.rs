@@ -173,42 +173,18 @@ impl Page {
         self.data[rows.start * self.stride..rows.end * self.stride].copy_from_slice(&sorted);
     }
 
-    /// The rows of `pages` (of `columns` cells each), one page after the other, on one page
-    /// and grouped: row `r` belongs to group `group_of[r]`, and group `g`'s rows are to
-    /// start at row `group_starts[g]` of the result (so `group_starts` ascends and leaves
-    /// each group room for its rows), in their order in `pages`. Each page is dropped once
-    /// its rows are moved: at most one of them is held beside the result.
-    pub(crate) fn grouped(
-        columns: usize,
-        pages: Vec<Page>,
-        group_of: &[u32],
-        group_starts: &[usize],
-    ) -> Page {
-        let mut grouped = Page::new(columns);
-        let stride = grouped.stride;
-        assert!(
-            pages.iter().all(|page| page.stride == stride),
-            "every page has {columns} columns"
-        );
-        let rows: usize = pages.iter().map(Page::len).sum();
-        assert_eq!(group_of.len(), rows, "a group for every row");
-        let mut next = group_starts.to_vec();
-        grouped.data = vec![0; rows * stride];
-        let mut groups = group_of.iter();
-        for page in pages {
-            for from in page.data.chunks_exact(stride) {
-                let to = &mut next[*groups.next().expect("a group for every row") as usize];
-                grouped.data[*to * stride..(*to + 1) * stride].copy_from_slice(from);
-                *to += 1;
-            }
-        }
-        debug_assert!(
-            next.iter()
-                .zip(group_starts.iter().skip(1))
-                .all(|(end, start)| end == start),
-            "each group fills its room exactly"
-        );
-        grouped
+    /// Remove every row, keeping the memory (a page reused for one group of rows after
+    /// another).
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+    }
+
+    /// Append row `row` of `from`, a page of as many columns, as it is.
+    #[inline]
+    pub(crate) fn push_row_of(&mut self, from: &Page, row: usize) {
+        debug_assert_eq!(from.stride, self.stride, "pages of as many columns");
+        self.data
+            .extend_from_slice(&from.data[row * from.stride..(row + 1) * from.stride]);
     }
 
     /// Drop the spare capacity.
@@ -374,7 +350,7 @@ mod tests {
     /// Grouping moves every row, whole, to its group's room, in its order; sorting a range
     /// sorts it alone.
     #[test]
-    fn rows_group_and_sort_within_their_group() {
+    fn rows_gather_and_sort_by_group() {
         let mut page = Page::new(2);
         // (time, LSN, group): the groups interleave, and group 1's times are out of order.
         let rows = [
@@ -392,22 +368,30 @@ mod tests {
                 &[Some(lsn * 10), lsn.is_multiple_of(2).then_some(group)],
             );
         }
-        let group_of: Vec<u32> = rows.iter().map(|&(_, _, group)| group as u32).collect();
         // The rows on two pages, as a replay keeps them.
-        let pages = vec![page.extract(0..4), page.extract(4..6)];
-        let mut grouped = Page::grouped(2, pages, &group_of, &[0, 2, 5]);
+        let pages = [page.extract(0..4), page.extract(4..6)];
         let lsns = |page: &Page| (0..page.len()).map(|r| page.lsn(r)).collect::<Vec<_>>();
-        assert_eq!(lsns(&grouped), vec![1, 5, 0, 2, 4, 3]);
-        for row in 0..grouped.len() {
-            let lsn = grouped.lsn(row);
-            let (time, _, group) = rows[lsn as usize];
-            assert_eq!(grouped.time(row), time);
-            assert_eq!(grouped.cell(0, row), Some(lsn * 10));
-            assert_eq!(grouped.cell(1, row), lsn.is_multiple_of(2).then_some(group));
+        let mut gathered = Page::new(2);
+        for (group, want) in [(0, vec![1, 5]), (1, vec![2, 4, 0]), (2, vec![3])] {
+            // Whatever the page held is gone: it starts each group empty.
+            gathered.clear();
+            for (at, &(_, _, of)) in rows.iter().enumerate() {
+                if of == group {
+                    gathered.push_row_of(&pages[at / 4], at % 4);
+                }
+            }
+            gathered.sort_rows(0..gathered.len());
+            assert_eq!(lsns(&gathered), want, "group {group}, by (time, LSN)");
+            for row in 0..gathered.len() {
+                let lsn = gathered.lsn(row);
+                let (time, _, _) = rows[lsn as usize];
+                assert_eq!(gathered.time(row), time);
+                assert_eq!(gathered.cell(0, row), Some(lsn * 10));
+                assert_eq!(
+                    gathered.cell(1, row),
+                    lsn.is_multiple_of(2).then_some(group)
+                );
+            }
         }
-        grouped.sort_rows(2..5);
-        assert_eq!(lsns(&grouped), vec![1, 5, 2, 4, 0, 3], "group 1 by time");
-        let times: Vec<i64> = (0..grouped.len()).map(|r| grouped.time(r)).collect();
-        assert_eq!(times, vec![1, 1, 3, 4, 5, 2]);
     }
 }

@@ -237,19 +237,24 @@ struct Owned {
 /// [`apply_to`](super::apply_to) on a partial state pushes the event's row onto the
 /// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every
 /// entity's rows are pushed onto the same pages, in log order, each beside its entity's
-/// number, and the flush groups them by entity ([`Page::grouped`]) before sorting each
-/// entity's rows: the same rows, in the same order per entity, without a lookup of the
+/// number, and the flush gathers each entity's rows, in log order, onto a page of its own
+/// ([`Page::push_row_of`]) and sorts them there: the same rows, in the same order per
+/// entity, without a lookup of the
 /// entity's state, or a write to the end of its page, at every event (cache misses,
 /// mostly, with thousands of entities).
 struct OwnedStream {
     columns: usize,
     /// The rows, in pages of [`PAGE_ROWS`] (the last one filling): no page grows by copying
-    /// itself, and grouping drops each page once it has moved its rows.
+    /// itself.
     pages: Vec<Page>,
     /// The entity of each row: its number in `entities`.
     row_entity: Vec<u32>,
     entities: EntityNames,
 }
+
+/// Ids per chunk a replay's flush persists: a megabyte, the buffers of which the writer
+/// reuses from chunk to chunk (one chunk of a flush's ids took three fresh copies of them).
+const REPLAY_ID_CHUNK_IDS: usize = 1 << 16;
 
 /// Rows per page of an [`OwnedStream`].
 const PAGE_ROWS: usize = 1 << 14;
@@ -310,12 +315,29 @@ impl OwnedStream {
         for place in 1..starts.len() {
             starts[place] += starts[place - 1];
         }
-        let mut grouped = Page::grouped(columns, pages, &row_place, &starts[..order.len()]);
+        // The rows' numbers grouped by place, in log order within each: a counting sort of
+        // four bytes a row, not of the rows (no second copy of them all, and no scattered
+        // writes of whole rows).
+        let mut next = starts.clone();
+        let mut rows_by_place = vec![0u32; row_place.len()];
+        for (row, &place) in row_place.iter().enumerate() {
+            let at = &mut next[place as usize];
+            rows_by_place[*at] = row as u32;
+            *at += 1;
+        }
         drop(row_place);
+        // Each entity's rows gathered from the pages onto one page, reused from entity to
+        // entity (it stays in the cache), and sorted there.
+        let mut rows = Page::new(columns);
         for (place, (_, entity)) in order.iter().enumerate() {
-            let entity_rows = starts[place]..starts[place + 1];
-            grouped.sort_rows(entity_rows.clone());
-            take(entities.name(*entity), &grouped, entity_rows)?;
+            rows.clear();
+            for &row in &rows_by_place[starts[place]..starts[place + 1]] {
+                let row = row as usize;
+                rows.push_row_of(&pages[row / PAGE_ROWS], row % PAGE_ROWS);
+            }
+            let all = 0..rows.len();
+            rows.sort_rows(all.clone());
+            take(entities.name(*entity), &rows, all)?;
         }
         Ok(())
     }
@@ -595,14 +617,16 @@ impl Inner {
         self.checkpoint()
     }
 
-    /// Persist the ids a replay applied since its last flush, as a sorted run of one id
-    /// chunk ingested into the state store.
+    /// Persist the ids a replay applied since its last flush, as a sorted run of id chunks
+    /// of [`REPLAY_ID_CHUNK_IDS`] ingested into the state store.
     fn persist_replayed_ids(&self, ids: &[u128]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut run = self.state.sorted_run(Table::Dedup)?;
-        run.put(&self.new_id_chunk_key(), &pack_ids(ids))?;
+        for chunk in ids.chunks(REPLAY_ID_CHUNK_IDS) {
+            run.put(&self.new_id_chunk_key(), &pack_ids(chunk))?;
+        }
         self.state
             .ingest(Table::Dedup, run.finish()?.into_iter().collect())
             .map_err(Error::from)
