@@ -45,7 +45,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
 use super::page::Page;
-use super::{Inner, StreamState, dedup_hash, entity_prefix, for_each_chunk, pack_ids};
+use super::{Inner, StreamState, dedup_hash, for_each_chunk, pack_ids};
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
@@ -285,7 +285,6 @@ impl OwnedStream {
     /// order.
     fn for_each_entity(
         self,
-        stream: &StreamState,
         mut take: impl FnMut(&str, &Page, Range<usize>) -> Result<()>,
     ) -> Result<()> {
         let OwnedStream {
@@ -295,13 +294,10 @@ impl OwnedStream {
             entities,
         } = self;
         // Entities in key order; `rank[entity]`: the entity's place in it.
-        let mut order: Vec<(Vec<u8>, u32)> = (0..entities.count())
-            .map(|entity| (entity_prefix(stream.id, entities.name(entity)), entity))
-            .collect();
-        order.sort_unstable();
+        let order = entities.in_key_order();
         let mut rank = vec![0u32; order.len()];
-        for (place, (_, entity)) in order.iter().enumerate() {
-            rank[*entity as usize] = place as u32;
+        for (place, &entity) in order.iter().enumerate() {
+            rank[entity as usize] = place as u32;
         }
         // Each row's entity by its place in that order, and where each entity's rows start.
         let mut row_place = row_entity;
@@ -329,7 +325,7 @@ impl OwnedStream {
         // Each entity's rows gathered from the pages onto one page, reused from entity to
         // entity (it stays in the cache), and sorted there.
         let mut rows = Page::new(columns);
-        for (place, (_, entity)) in order.iter().enumerate() {
+        for (place, &entity) in order.iter().enumerate() {
             rows.clear();
             for &row in &rows_by_place[starts[place]..starts[place + 1]] {
                 let row = row as usize;
@@ -337,7 +333,7 @@ impl OwnedStream {
             }
             let all = 0..rows.len();
             rows.sort_rows(all.clone());
-            take(entities.name(*entity), &rows, all)?;
+            take(entities.name(entity), &rows, all)?;
         }
         Ok(())
     }
@@ -367,6 +363,18 @@ impl EntityNames {
             self.ends[entity - 1]
         };
         &self.names[start..self.ends[entity]]
+    }
+
+    /// Every entity's number, in the order of the entities' keys: a stream's entity keys
+    /// ([`entity_prefix`]) are the name's length (two bytes, big-endian) then its bytes, so
+    /// by (length, bytes), which this compares without building a key for each.
+    fn in_key_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.count()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (self.name(a), self.name(b));
+            (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
+        });
+        order
     }
 
     /// The number of the entity `name` (whose hash is `hash`), numbering it if it is new.
@@ -422,7 +430,7 @@ impl Owned {
             let Some(owned) = owned.take() else {
                 continue;
             };
-            owned.for_each_entity(stream, |name, rows, entity_rows| {
+            owned.for_each_entity(|name, rows, entity_rows| {
                 for_each_chunk(stream, name, rows, entity_rows, |key, chunk| {
                     value.clear();
                     chunk.encode_into(&mut value);
@@ -676,6 +684,7 @@ fn read_batches(
 
 #[cfg(test)]
 mod tests {
+    use super::super::entity_prefix;
     use super::*;
 
     /// Names are told apart by their bytes, not their hash: names of one hash get numbers of
@@ -693,6 +702,24 @@ mod tests {
         assert_eq!(names.count(), 4);
         let all: Vec<&str> = (0..names.count()).map(|e| names.name(e)).collect();
         assert_eq!(all, ["a", "b", "c", ""]);
+    }
+
+    /// Entities come in the order of their keys, whatever their lengths and bytes.
+    #[test]
+    fn entity_names_come_in_key_order() {
+        let mut names = EntityNames::default();
+        let all = [
+            "b", "ab", "abc", "", "z", "é", "aa", "a\u{0}", "zz", "Ab", "cust10", "cust9",
+        ];
+        for name in all {
+            names.number(entity_hash(name), name);
+        }
+        let ordered: Vec<&str> = (names.in_key_order().into_iter())
+            .map(|entity| names.name(entity))
+            .collect();
+        let mut by_key = all.to_vec();
+        by_key.sort_by_key(|name| entity_prefix(3, name));
+        assert_eq!(ordered, by_key);
     }
 
     /// The cache answers the stream's table's ids, and starts again past its bound.
