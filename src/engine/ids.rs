@@ -140,15 +140,14 @@ impl IdSet {
     /// many were added. Cheaper than one [`IdSet::insert`] each when there are many: they
     /// are sorted into slot order, so each shard is walked once, front to back, and a shard
     /// they would fill past [`LOAD_MAX`] is rebuilt once, at its final size, instead of
-    /// growing step by step. One thread: a replay's flush runs it beside two others.
-    pub(crate) fn insert_many(&mut self, ids: impl IntoIterator<Item = u128>) -> usize {
-        let mut rotated: Vec<u128> = ids.into_iter().map(|id| id.rotate_left(64)).collect();
+    /// growing step by step. One thread: a replay's flush runs it beside the writers of its
+    /// runs.
+    pub(crate) fn insert_many(&mut self, ids: &[u128]) -> usize {
         let before = self.len;
-        if rotated.contains(&0) {
+        if ids.contains(&0) {
             self.insert(0);
-            rotated.retain(|&r| r != 0);
         }
-        self.len += insert_into_shards(&mut self.shards, rotated);
+        self.len += insert_into_shards(&mut self.shards, ids);
         self.len - before
     }
 
@@ -158,24 +157,24 @@ impl IdSet {
     }
 }
 
-/// Insert `rotated` (nonzero, any order, repeats allowed) into `shards` (all of them);
-/// returns how many were absent.
-fn insert_into_shards(shards: &mut [Shard], rotated: Vec<u128>) -> usize {
-    // By shard with a counting sort, then each shard's ids in slot order on their own: a
-    // sort of the whole list would compare (shard, id) pairs at every level.
-    let shard = |r: u128| shard_of(r.rotate_right(64));
+/// Insert `ids` but 0 (any order, repeats allowed) into `shards` (all of them); returns
+/// how many were absent.
+fn insert_into_shards(shards: &mut [Shard], ids: &[u128]) -> usize {
+    // Rotated, by shard with a counting sort, then each shard's in slot order on their
+    // own: a sort of the whole list would compare (shard, id) pairs at every level.
+    let ids = || ids.iter().copied().filter(|&id| id != 0);
     let mut starts = vec![0usize; shards.len() + 1];
-    for &r in &rotated {
-        starts[shard(r) + 1] += 1;
+    for id in ids() {
+        starts[shard_of(id) + 1] += 1;
     }
     for index in 1..starts.len() {
         starts[index] += starts[index - 1];
     }
     let mut next = starts.clone();
-    let mut by_shard = vec![0u128; rotated.len()];
-    for &r in &rotated {
-        let index = shard(r);
-        by_shard[next[index]] = r;
+    let mut by_shard = vec![0u128; starts[shards.len()]];
+    for id in ids() {
+        let index = shard_of(id);
+        by_shard[next[index]] = id.rotate_left(64);
         next[index] += 1;
     }
     let mut added = 0;
@@ -456,7 +455,7 @@ mod tests {
             }
             let expected = batch.iter().filter(|&&id| model.insert(id)).count();
             // Single inserts in between: both ways of adding share the shards.
-            assert_eq!(set.insert_many(batch), expected);
+            assert_eq!(set.insert_many(&batch), expected);
             let single = ids(1000 + round as u64, 300);
             for &id in &single {
                 assert_eq!(set.insert(id), model.insert(id));
@@ -469,7 +468,7 @@ mod tests {
         big.extend_from_slice(&all[..1000]);
         big.extend_from_within(..500);
         let expected = big.iter().filter(|&&id| model.insert(id)).count();
-        assert_eq!(set.insert_many(big), expected);
+        assert_eq!(set.insert_many(&big), expected);
         check(&set);
         assert_eq!(set.len(), model.len());
         for &id in all
@@ -480,10 +479,10 @@ mod tests {
         {
             assert_eq!(set.contains(id), model.contains(&id));
         }
-        assert_eq!(set.insert_many(Vec::new()), 0);
+        assert_eq!(set.insert_many(&[]), 0);
         // A big batch into a small set is built at its final size, not grown step by step.
         let mut bulk = IdSet::default();
-        bulk.insert_many(ids(23, 1 << 20));
+        bulk.insert_many(&ids(23, 1 << 20));
         let per_id = bulk.heap_bytes() as f64 / bulk.len() as f64;
         assert!(per_id < 21.0, "{per_id} bytes per id");
     }

@@ -601,7 +601,7 @@ impl Inner {
         let (even_run, odd_run, ids_done) = std::thread::scope(|scope| {
             let odd_run = scope.spawn(|| odd.persist(self, &streams));
             let ids_done = scope.spawn(|| self.persist_replayed_ids(ids));
-            scope.spawn(|| self.ingest.lock().insert_many(ids.iter().copied()));
+            scope.spawn(|| self.ingest.lock().insert_many(ids));
             let even_run = even.persist(self, &streams);
             let odd_run = odd_run.join().expect("replay writer panicked");
             (
