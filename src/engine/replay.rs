@@ -23,11 +23,11 @@
 //! may change the catalog a flush commits). It has two threads group the rows of each
 //! parity by entity and write them as chunks to a sorted run (a file of RocksDB's table
 //! format: no WAL, no memtable, no flush later) while a third writes the ids as a run of
-//! one chunk and ingests it, and a fourth adds them to the id set; the rows' runs are
+//! chunks and ingests it, and a fourth adds them to the id set; the rows' runs are
 //! ingested into the state store, then the catalog and `applied_lsn` (the last record the
 //! flush holds: only a flush marks replayed records applied) are committed with
 //! [`Inner::checkpoint`], and the rows dropped: a replay leaves no entity in memory, and
-//! holds at most `checkpoint_events` events (plus a batch), half being applied and half
+//! holds at most `checkpoint_events` events (plus two batches), half being applied and half
 //! being persisted. A crash between the ingestions and that commit leaves rows and ids
 //! persisted past `applied_lsn`; the next open replays and persists them again, and
 //! loading an entity (as the state digest does) merges the repeated rows, the id set the
@@ -460,6 +460,16 @@ struct Applied {
 }
 
 impl Applied {
+    /// What was applied, leaving room for as many ids in its place (the next flush's are
+    /// about as many; a list that doubled its way there would copy itself).
+    fn take(&mut self) -> Applied {
+        let ids = Vec::with_capacity(self.ids.len());
+        Applied {
+            owners: std::mem::take(&mut self.owners),
+            ids: std::mem::replace(&mut self.ids, ids),
+        }
+    }
+
     fn events(&self) -> usize {
         self.owners.iter().map(|owned| owned.events).sum()
     }
@@ -515,7 +525,7 @@ impl Inner {
                 let _ = free.send(batch);
                 if replay.applied.events() >= flush_events {
                     finish(&mut flushing)?;
-                    let applied = std::mem::take(&mut replay.applied);
+                    let applied = replay.applied.take();
                     flushing = Some(scope.spawn(move || self.flush_replayed(applied, end)));
                 }
             }
@@ -651,8 +661,14 @@ fn read_batches(
 ) {
     // A record that cannot join the batch being filled starts the next one.
     let mut held: Option<(Lsn, Vec<u8>)> = None;
+    // The largest batch so far: a new one starts with room for as much, rather than
+    // doubling its way there (copying itself, and touching twice the memory).
+    let mut largest = (0, 0);
     loop {
-        let mut batch = free.try_recv().unwrap_or_default();
+        let mut batch = free.try_recv().unwrap_or_else(|_| RecordBatch {
+            bytes: Vec::with_capacity(largest.0),
+            records: Vec::with_capacity(largest.1),
+        });
         batch.bytes.clear();
         batch.records.clear();
         if let Some((lsn, payload)) = held.take() {
@@ -676,6 +692,10 @@ fn read_batches(
             batch.bytes.extend_from_slice(record.payload);
             batch.records.push((record.lsn, start, batch.bytes.len()));
         }
+        largest = (
+            largest.0.max(batch.bytes.len()),
+            largest.1.max(batch.records.len()),
+        );
         if batch.records.is_empty() || full.send(Ok(batch)).is_err() {
             return;
         }
