@@ -347,8 +347,8 @@ mod tests {
         assert_eq!(page.extract(1..3).len(), 2);
     }
 
-    /// Grouping moves every row, whole, to its group's room, in its order; sorting a range
-    /// sorts it alone.
+    /// Gathering copies rows, whole, from several pages onto one, in the order asked;
+    /// sorting orders them by (time, LSN); clearing empties the page for the next group.
     #[test]
     fn rows_gather_and_sort_by_group() {
         let mut page = Page::new(2);

@@ -55,9 +55,13 @@ use crate::value::FieldType;
 const BATCH_RECORDS: usize = 1 << 16;
 
 /// Events a replay applies between flushes, at most, whatever `checkpoint_events` says: an
-/// owner numbers its entities of a stream with `u32`s, and a flush holds fewer than
-/// this plus one batch.
+/// owner numbers its entities of a stream, and its flush their rows, with `u32`s, and a
+/// flush holds fewer than this plus one batch.
 const FLUSH_EVENTS_MAX: usize = 1 << 31;
+
+/// Ids per chunk a replay's flush persists: a megabyte, the buffers of which the writer
+/// reuses from chunk to chunk (one chunk of a flush's ids took three fresh copies of them).
+const REPLAY_ID_CHUNK_IDS: usize = 1 << 16;
 
 /// Events a replay applies between flushes: half of `checkpoint_events`, as it holds two
 /// flushes' events at once (see [`Inner::replay_batches`]).
@@ -239,9 +243,8 @@ struct Owned {
 /// entity's rows are pushed onto the same pages, in log order, each beside its entity's
 /// number, and the flush gathers each entity's rows, in log order, onto a page of its own
 /// ([`Page::push_row_of`]) and sorts them there: the same rows, in the same order per
-/// entity, without a lookup of the
-/// entity's state, or a write to the end of its page, at every event (cache misses,
-/// mostly, with thousands of entities).
+/// entity, without a lookup of the entity's state, or a write to the end of its page, at
+/// every event (cache misses, mostly, with thousands of entities).
 struct OwnedStream {
     columns: usize,
     /// The rows, in pages of [`PAGE_ROWS`] (the last one filling): no page grows by copying
@@ -251,10 +254,6 @@ struct OwnedStream {
     row_entity: Vec<u32>,
     entities: EntityNames,
 }
-
-/// Ids per chunk a replay's flush persists: a megabyte, the buffers of which the writer
-/// reuses from chunk to chunk (one chunk of a flush's ids took three fresh copies of them).
-const REPLAY_ID_CHUNK_IDS: usize = 1 << 16;
 
 /// Rows per page of an [`OwnedStream`].
 const PAGE_ROWS: usize = 1 << 14;
