@@ -15,7 +15,12 @@ use cpu::cpu_seconds;
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
     let options = || Options {
-        durability: Durability::NoSync,
+        // FSDB_SYNC=1: durable, as the benchmark's database is.
+        durability: if std::env::var_os("FSDB_SYNC").is_some() {
+            Durability::Sync
+        } else {
+            Durability::NoSync
+        },
         clock: Arc::new(fsdb::time::ManualClock::new(spec.end_ms())),
         ..Options::default()
     };

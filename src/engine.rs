@@ -1177,17 +1177,7 @@ fn for_each_chunk(
     mut take: impl FnMut(Vec<u8>, chunk::ChunkView<'_>) -> Result<()>,
 ) -> Result<()> {
     let strings = stream.strings.read();
-    let end = entity_rows.end;
-    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = entity_rows
-        .step_by(chunk::CHUNK_ROWS_MAX)
-        .map(|start| {
-            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(end);
-            let first = range.clone().map(|row| rows.lsn(row)).min();
-            (first.expect("chunk ranges are not empty"), range)
-        })
-        .collect();
-    chunks.sort_unstable_by_key(|(first, _)| *first);
-    for (first, range) in chunks {
+    for (first, range) in chunks_in_key_order(entity_rows, |row| rows.lsn(row)) {
         let view = chunk::ChunkView {
             rows,
             range,
@@ -1197,6 +1187,26 @@ fn for_each_chunk(
         take(chunk_key(stream.id, entity, first), view)?;
     }
     Ok(())
+}
+
+/// An entity's rows (`rows`, sorted by (time, LSN), `lsn` giving each one's) cut into
+/// chunks of at most `CHUNK_ROWS_MAX` rows, each with the LSN it is keyed by (its
+/// smallest), in key order.
+fn chunks_in_key_order(
+    rows: std::ops::Range<usize>,
+    lsn: impl Fn(usize) -> Lsn,
+) -> Vec<(Lsn, std::ops::Range<usize>)> {
+    let end = rows.end;
+    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = rows
+        .step_by(chunk::CHUNK_ROWS_MAX)
+        .map(|start| {
+            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(end);
+            let first = range.clone().map(&lsn).min();
+            (first.expect("chunk ranges are not empty"), range)
+        })
+        .collect();
+    chunks.sort_unstable_by_key(|(first, _)| *first);
+    chunks
 }
 
 /// What opening reads from the state store before replaying the log's tail.

@@ -372,10 +372,7 @@ pub(crate) enum ValueBorrowed<'a> {
     Float(f64),
     String(&'a str),
     Bool(bool),
-    #[expect(
-        dead_code,
-        reason = "mirrors Value's variants so that indices match; events carry no lists"
-    )]
+    /// Mirrors [`Value`]'s variants, so that the indices match; events carry no lists.
     List(#[serde(borrow)] Vec<ValueBorrowed<'a>>),
 }
 

@@ -57,6 +57,21 @@ impl ChunkView<'_> {
     }
 }
 
+/// Append the chunk of `rows`, each its time, LSN and values as an event record holds them
+/// when [`wire::values_as_put`]: the bytes [`ChunkView::encode_into`] gives for the same
+/// rows, by copying (a replay's rows, never decoded into cells).
+pub(crate) fn encode_rows_as_put<'a>(
+    out: &mut Vec<u8>,
+    rows: impl ExactSizeIterator<Item = (i64, u64, &'a [u8])>,
+) {
+    wire::put_unsigned(out, rows.len() as u64);
+    for (time, lsn, values) in rows {
+        wire::put_signed(out, time);
+        wire::put_unsigned(out, lsn);
+        out.extend_from_slice(values);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +141,54 @@ mod tests {
             };
             assert_eq!(view.encode(), fsdb_storage::codec::encode(&owned).unwrap());
         }
+    }
+
+    /// Rows copied from event records encode like the owned chunk of the same rows.
+    #[test]
+    fn rows_as_put_encode_like_owned_chunk() {
+        let types = [
+            FieldType::Float,
+            FieldType::String,
+            FieldType::Int,
+            FieldType::Bool,
+        ];
+        let rows: Vec<(i64, u64, Vec<Value>)> = (0..40)
+            .map(|i| {
+                let values = vec![
+                    Value::Float(i as f64 / 7.0),
+                    if i % 5 == 0 {
+                        Value::Null
+                    } else {
+                        Value::String("é".repeat(i as usize * 9))
+                    },
+                    Value::Int(if i % 2 == 0 { i64::MIN + i } else { i * 70_001 }),
+                    Value::Bool(i % 3 == 0),
+                ];
+                (1_772_000_000_000 - i * 1_000_003, i as u64 * 90_000, values)
+            })
+            .collect();
+        let records: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|(time, _, values)| {
+                let mut record = Vec::new();
+                wire::encode_event(&mut record, 3, "e", *time, Some("id"), values);
+                record
+            })
+            .collect();
+        let as_put: Vec<&[u8]> = records
+            .iter()
+            .map(|record| {
+                let (_, values) = wire::decode_event_head(record).expect("an event record");
+                assert!(wire::values_as_put(values, &types));
+                values
+            })
+            .collect();
+        let mut out = Vec::new();
+        encode_rows_as_put(
+            &mut out,
+            (rows.iter().zip(&as_put)).map(|((time, lsn, _), values)| (*time, *lsn, *values)),
+        );
+        let owned = RowChunk { rows };
+        assert_eq!(out, fsdb_storage::codec::encode(&owned).unwrap());
     }
 }

@@ -29,11 +29,6 @@ impl Page {
         }
     }
 
-    /// Make room for `rows` more rows.
-    pub(crate) fn reserve_rows(&mut self, rows: usize) {
-        self.data.reserve_exact(rows * self.stride);
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.data.len() / self.stride
     }
@@ -171,20 +166,6 @@ impl Page {
             sorted.extend_from_slice(&self.data[row * self.stride..(row + 1) * self.stride]);
         }
         self.data[rows.start * self.stride..rows.end * self.stride].copy_from_slice(&sorted);
-    }
-
-    /// Remove every row, keeping the memory (a page reused for one group of rows after
-    /// another).
-    pub(crate) fn clear(&mut self) {
-        self.data.clear();
-    }
-
-    /// Append row `row` of `from`, a page of as many columns, as it is.
-    #[inline]
-    pub(crate) fn push_row_of(&mut self, from: &Page, row: usize) {
-        debug_assert_eq!(from.stride, self.stride, "pages of as many columns");
-        self.data
-            .extend_from_slice(&from.data[row * from.stride..(row + 1) * from.stride]);
     }
 
     /// Drop the spare capacity.
@@ -345,53 +326,5 @@ mod tests {
             );
         }
         assert_eq!(page.extract(1..3).len(), 2);
-    }
-
-    /// Gathering copies rows, whole, from several pages onto one, in the order asked;
-    /// sorting orders them by (time, LSN); clearing empties the page for the next group.
-    #[test]
-    fn rows_gather_and_sort_by_group() {
-        let mut page = Page::new(2);
-        // (time, LSN, group): the groups interleave, and group 1's times are out of order.
-        let rows = [
-            (5, 0, 1),
-            (1, 1, 0),
-            (3, 2, 1),
-            (2, 3, 2),
-            (4, 4, 1),
-            (1, 5, 0),
-        ];
-        for (time, lsn, group) in rows {
-            page.push(
-                time,
-                lsn,
-                &[Some(lsn * 10), lsn.is_multiple_of(2).then_some(group)],
-            );
-        }
-        // The rows on two pages, as a replay keeps them.
-        let pages = [page.extract(0..4), page.extract(4..6)];
-        let lsns = |page: &Page| (0..page.len()).map(|r| page.lsn(r)).collect::<Vec<_>>();
-        let mut gathered = Page::new(2);
-        for (group, want) in [(0, vec![1, 5]), (1, vec![2, 4, 0]), (2, vec![3])] {
-            // Whatever the page held is gone: it starts each group empty.
-            gathered.clear();
-            for (at, &(_, _, of)) in rows.iter().enumerate() {
-                if of == group {
-                    gathered.push_row_of(&pages[at / 4], at % 4);
-                }
-            }
-            gathered.sort_rows(0..gathered.len());
-            assert_eq!(lsns(&gathered), want, "group {group}, by (time, LSN)");
-            for row in 0..gathered.len() {
-                let lsn = gathered.lsn(row);
-                let (time, _, _) = rows[lsn as usize];
-                assert_eq!(gathered.time(row), time);
-                assert_eq!(gathered.cell(0, row), Some(lsn * 10));
-                assert_eq!(
-                    gathered.cell(1, row),
-                    lsn.is_multiple_of(2).then_some(group)
-                );
-            }
-        }
     }
 }

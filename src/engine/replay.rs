@@ -5,9 +5,11 @@
 //! builds, outside the shared entity maps and their locks. Records are read in batches on
 //! a thread of their own; each batch of events goes through two steps on two threads:
 //!
-//! 1. **decode** — each thread decodes half of the batch, checks every value against its
-//!    field's type, and routes each event by the parity of its entity's name hash, in log
-//!    order;
+//! 1. **decode** — each thread decodes the heads of half of the batch's events, checks
+//!    each one's values against its stream's fields where they lie in the record, without
+//!    decoding them (a persisted row holds them as the record does:
+//!    [`wire::values_as_put`]), and routes each event by the parity of its entity's name
+//!    hash, in log order;
 //! 2. **apply** — each thread owns the entities of one parity and applies their events,
 //!    the first half's then the second's (log order again): it does what
 //!    [`apply_to`](super::apply_to), the one apply, does to a partial state, for all of a
@@ -42,10 +44,8 @@ use fsdb_storage::Lsn;
 use fsdb_storage::log::Scan;
 use fsdb_storage::state::{FinishedRun, Table};
 use hashbrown::HashTable;
-use rustc_hash::FxHashMap;
 
-use super::page::Page;
-use super::{Inner, StreamState, dedup_hash, for_each_chunk, pack_ids};
+use super::{Inner, StreamState, chunk, chunk_key, chunks_in_key_order, dedup_hash, pack_ids};
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
@@ -94,8 +94,9 @@ impl RecordBatch {
 #[derive(Default)]
 struct Routed<'a> {
     rows: Vec<RoutedEvent<'a>>,
-    /// The rows' cells, back to back (`RoutedEvent::cells`: where a row's cells start).
-    cells: Vec<Option<u64>>,
+    /// The values of events whose records hold them in another form than a persisted row
+    /// does, written in that form, back to back ([`RowValues::Rewritten`]).
+    rewritten: Vec<u8>,
 }
 
 struct RoutedEvent<'a> {
@@ -105,7 +106,25 @@ struct RoutedEvent<'a> {
     entity_hash: u64,
     time_ms: i64,
     lsn: Lsn,
-    cells: usize,
+    values: RowValues<'a>,
+}
+
+/// An event's values, as a persisted row holds them: the field count, then each value
+/// (see [`wire::values_as_put`]).
+enum RowValues<'a> {
+    /// The record's own bytes: nearly every record.
+    AsLogged(&'a [u8]),
+    /// Written again in [`Routed::rewritten`].
+    Rewritten(Range<usize>),
+}
+
+impl<'a> Routed<'a> {
+    fn values<'b>(&'b self, event: &'b RoutedEvent<'a>) -> &'b [u8] {
+        match &event.values {
+            RowValues::AsLogged(values) => values,
+            RowValues::Rewritten(range) => &self.rewritten[range.clone()],
+        }
+    }
 }
 
 /// What one decode thread made of its part of a batch.
@@ -116,104 +135,95 @@ struct Decoded<'a> {
     ids: Vec<u128>,
 }
 
-/// The ids of the strings one decode thread has interned, by stream, kept from batch to
-/// batch: the streams' string tables are shared, behind a lock, and a cache that borrowed
-/// its keys from the batch compared each string with one far back in it.
-#[derive(Default)]
-struct InternCache {
-    by_stream: Vec<FxHashMap<Box<str>, u64>>,
-}
-
-/// Distinct strings an [`InternCache`] keeps per stream before it starts again (a field of
-/// unbounded cardinality must not grow it without end).
-const INTERN_CACHE_STRINGS_MAX: usize = 1 << 16;
-
-impl InternCache {
-    fn id(&mut self, stream: usize, state: &StreamState, s: &str) -> u64 {
-        if self.by_stream.len() <= stream {
-            self.by_stream.resize_with(stream + 1, FxHashMap::default);
-        }
-        let cached = &mut self.by_stream[stream];
-        if let Some(&id) = cached.get(s) {
-            return id;
-        }
-        if cached.len() >= INTERN_CACHE_STRINGS_MAX {
-            cached.clear();
-        }
-        let id = u64::from(state.strings.intern(s).0);
-        cached.insert(s.into(), id);
-        id
-    }
-}
-
 impl<'a> Decoded<'a> {
-    /// Decode `records` of `bytes` (events: see [`RecordBatch`]) and route them.
+    /// Decode `records` of `bytes` (events: see [`RecordBatch`]), check them against their
+    /// streams' fields, and route them.
     fn events(
         bytes: &'a [u8],
         records: &[(Lsn, usize, usize)],
         streams: &[Arc<StreamState>],
-        interned: &mut InternCache,
     ) -> Result<Decoded<'a>> {
         let mut decoded = Decoded::default();
         // Room for the usual split, so that the lists rarely grow (and copy themselves).
         let rows = records.len() / 2 + records.len() / 16 + 16;
-        let columns = streams
-            .iter()
-            .map(|s| s.field_types.len())
-            .max()
-            .unwrap_or(0);
         for routed in &mut decoded.by_parity {
             routed.rows.reserve(rows);
-            routed.cells.reserve(rows * columns);
         }
         decoded.ids.reserve(records.len());
+        // The values of a record the short path leaves.
         let mut values: Vec<ValueBorrowed<'a>> = Vec::new();
         for &(lsn, start, end) in records {
-            let entry = wire::decode_entry_into(&bytes[start..end], &mut values)
-                .map_err(|source| Error::BadRecord { lsn, source })?;
-            let Entry::Event(EventHead {
-                stream,
-                entity,
-                time_ms,
-                id,
-            }) = entry
-            else {
-                unreachable!("a record that starts as an event is one, or does not decode")
-            };
-            let mismatch = |reason| Error::RecordMismatch { lsn, reason };
-            let state = streams.get(stream as usize);
-            let state = state.ok_or_else(|| mismatch("no such stream"))?;
-            if values.len() != state.field_types.len() {
-                return Err(mismatch("not as many values as its stream has fields"));
-            }
-            let entity_hash = entity_hash(entity);
-            let routed = &mut decoded.by_parity[parity(entity_hash)];
-            routed.rows.push(RoutedEvent {
-                stream,
-                entity,
-                entity_hash,
-                time_ms,
-                lsn,
-                cells: routed.cells.len(),
+            let record = &bytes[start..end];
+            // The short path: the head read by hand, and the values' bytes as they are,
+            // when they are what a row holds (which checks them against the fields).
+            let as_put = wire::decode_event_head(record).filter(|(head, written)| {
+                let state = streams.get(head.stream as usize);
+                state.is_some_and(|state| wire::values_as_put(written, &state.field_types))
             });
-            for (value, field_type) in values.iter().zip(&state.field_types) {
-                routed.cells.push(match (value, field_type) {
-                    (ValueBorrowed::Null, _) => None,
-                    (ValueBorrowed::Int(i), FieldType::Int) => Some(*i as u64),
-                    (ValueBorrowed::Float(f), FieldType::Float) => Some(f.to_bits()),
-                    (ValueBorrowed::Bool(b), FieldType::Bool) => Some(u64::from(*b)),
-                    (ValueBorrowed::String(s), FieldType::String) => {
-                        Some(interned.id(stream as usize, state, s))
-                    }
-                    _ => return Err(mismatch("a value not of its field's type")),
-                });
-            }
-            if let Some(id) = id {
-                decoded.ids.push(dedup_hash(stream, id));
+            let (head, as_logged) = match as_put {
+                Some((head, written)) => (head, Some(written)),
+                None => (decode_checked(record, lsn, streams, &mut values)?, None),
+            };
+            let entity_hash = entity_hash(head.entity);
+            let routed = &mut decoded.by_parity[parity(entity_hash)];
+            let values = match as_logged {
+                Some(written) => RowValues::AsLogged(written),
+                None => {
+                    let start = routed.rewritten.len();
+                    wire::put_borrowed_values(&mut routed.rewritten, &values);
+                    RowValues::Rewritten(start..routed.rewritten.len())
+                }
+            };
+            routed.rows.push(RoutedEvent {
+                stream: head.stream,
+                entity: head.entity,
+                entity_hash,
+                time_ms: head.time_ms,
+                lsn,
+                values,
+            });
+            if let Some(id) = head.id {
+                decoded.ids.push(dedup_hash(head.stream, id));
             }
         }
         Ok(decoded)
     }
+}
+
+/// Decode an event record the short path of [`Decoded::events`] leaves (malformed, of
+/// values not of their fields' types, or written in a longer form than serde's), its
+/// values into `values`, and check them against its stream's fields.
+fn decode_checked<'a>(
+    record: &'a [u8],
+    lsn: Lsn,
+    streams: &[Arc<StreamState>],
+    values: &mut Vec<ValueBorrowed<'a>>,
+) -> Result<EventHead<'a>> {
+    let entry = wire::decode_entry_into(record, values)
+        .map_err(|source| Error::BadRecord { lsn, source })?;
+    let Entry::Event(head) = entry else {
+        unreachable!("a record that starts as an event is one, or does not decode")
+    };
+    let mismatch = |reason| Error::RecordMismatch { lsn, reason };
+    let state = streams.get(head.stream as usize);
+    let state = state.ok_or_else(|| mismatch("no such stream"))?;
+    if values.len() != state.field_types.len() {
+        return Err(mismatch("not as many values as its stream has fields"));
+    }
+    for (value, field_type) in values.iter().zip(&state.field_types) {
+        let fits = matches!(
+            (value, field_type),
+            (ValueBorrowed::Null, _)
+                | (ValueBorrowed::Int(_), FieldType::Int)
+                | (ValueBorrowed::Float(_), FieldType::Float)
+                | (ValueBorrowed::String(_), FieldType::String)
+                | (ValueBorrowed::Bool(_), FieldType::Bool)
+        );
+        if !fits {
+            return Err(mismatch("a value not of its field's type"));
+        }
+    }
+    Ok(head)
 }
 
 /// The hash an entity's name is routed and found by.
@@ -239,56 +249,85 @@ struct Owned {
 ///
 /// A replayed entity's state is partial (see the module documentation), and
 /// [`apply_to`](super::apply_to) on a partial state pushes the event's row onto the
-/// entity's page of unpersisted rows, which the flush sorts by (time, LSN). Here every
-/// entity's rows are pushed onto the same pages, in log order, each beside its entity's
-/// number, and the flush gathers each entity's rows, in log order, onto a page of its own
-/// ([`Page::push_row_of`]) and sorts them there: the same rows, in the same order per
-/// entity, without a lookup of the entity's state, or a write to the end of its page, at
-/// every event (cache misses, mostly, with thousands of entities).
+/// entity's page of unpersisted rows, which the flush sorts by (time, LSN) and writes as
+/// chunks. Here every entity's rows are pushed onto the same blocks, in log order, each
+/// beside its entity's number, and each row's values stay the bytes its record holds them
+/// in, which are the bytes a chunk holds them in ([`chunk::encode_rows_as_put`]): the
+/// flush groups the rows by entity, sorts each entity's, and copies them into chunks. The
+/// same chunks, without a lookup of the entity's state or a write to the end of its page
+/// at every event (cache misses, mostly, with thousands of entities), and without
+/// decoding the values into cells and encoding them back.
+#[derive(Default)]
 struct OwnedStream {
-    columns: usize,
-    /// The rows, in pages of [`PAGE_ROWS`] (the last one filling): no page grows by copying
-    /// itself.
-    pages: Vec<Page>,
+    /// The rows, in blocks of [`BLOCK_ROWS`] (the last one filling): no block grows by
+    /// copying the rows before it.
+    blocks: Vec<RowBlock>,
     /// The entity of each row: its number in `entities`.
     row_entity: Vec<u32>,
     entities: EntityNames,
 }
 
-/// Rows per page of an [`OwnedStream`].
-const PAGE_ROWS: usize = 1 << 14;
+/// Rows per block of an [`OwnedStream`].
+const BLOCK_ROWS: usize = 1 << 14;
+
+/// Rows in log order: each one's time, LSN, and values as a chunk holds them, back to
+/// back in `values`.
+struct RowBlock {
+    heads: Vec<RowHead>,
+    values: Vec<u8>,
+}
+
+struct RowHead {
+    time_ms: i64,
+    lsn: Lsn,
+    /// Where the row's values end in [`RowBlock::values`] (they start where the previous
+    /// row's end).
+    values_end: usize,
+}
+
+impl RowBlock {
+    fn row(&self, row: usize) -> (i64, Lsn, &[u8]) {
+        let head = &self.heads[row];
+        let start = row
+            .checked_sub(1)
+            .map_or(0, |previous| self.heads[previous].values_end);
+        (head.time_ms, head.lsn, &self.values[start..head.values_end])
+    }
+}
 
 impl OwnedStream {
-    fn new(columns: usize) -> OwnedStream {
-        OwnedStream {
-            columns,
-            pages: Vec::new(),
-            row_entity: Vec::new(),
-            entities: EntityNames::default(),
-        }
-    }
-
     /// What `apply_to` does to a partial state, for the entity `entity`: push the row.
-    fn push(&mut self, entity: u32, time_ms: i64, lsn: Lsn, cells: &[Option<u64>]) {
-        if self.pages.last().is_none_or(|page| page.len() == PAGE_ROWS) {
-            let mut page = Page::new(self.columns);
-            page.reserve_rows(PAGE_ROWS);
-            self.pages.push(page);
+    fn push(&mut self, entity: u32, time_ms: i64, lsn: Lsn, values: &[u8]) {
+        if self
+            .blocks
+            .last()
+            .is_none_or(|block| block.heads.len() == BLOCK_ROWS)
+        {
+            // As many value bytes as the last block took: most rows take about as many.
+            let value_bytes = self.blocks.last().map_or(0, |block| block.values.len());
+            self.blocks.push(RowBlock {
+                heads: Vec::with_capacity(BLOCK_ROWS),
+                values: Vec::with_capacity(value_bytes),
+            });
         }
-        let page = self.pages.last_mut().expect("a page with room");
-        page.push(time_ms, lsn, cells);
+        let block = self.blocks.last_mut().expect("a block with room");
+        block.values.extend_from_slice(values);
+        block.heads.push(RowHead {
+            time_ms,
+            lsn,
+            values_end: block.values.len(),
+        });
         self.row_entity.push(entity);
     }
 
-    /// Hand each entity's name and rows, sorted by (time, LSN), to `take`, entities in key
-    /// order.
+    /// Hand each entity's name and rows (time, LSN, values as a chunk holds them), sorted
+    /// by (time, LSN), to `take`, entities in key order.
     fn for_each_entity(
         self,
-        mut take: impl FnMut(&str, &Page, Range<usize>) -> Result<()>,
+        mut take: impl FnMut(&str, &[(i64, Lsn, &[u8])]) -> Result<()>,
     ) -> Result<()> {
         let OwnedStream {
-            columns,
-            pages,
+            blocks,
             row_entity,
             entities,
         } = self;
@@ -311,8 +350,7 @@ impl OwnedStream {
             starts[place] += starts[place - 1];
         }
         // The rows' numbers grouped by place, in log order within each: a counting sort of
-        // four bytes a row, not of the rows (no second copy of them all, and no scattered
-        // writes of whole rows).
+        // four bytes a row, not of the rows.
         let mut next = starts.clone();
         let mut rows_by_place = vec![0u32; row_place.len()];
         for (row, &place) in row_place.iter().enumerate() {
@@ -321,21 +359,61 @@ impl OwnedStream {
             *at += 1;
         }
         drop(row_place);
-        // Each entity's rows gathered from the pages onto one page, reused from entity to
-        // entity (it stays in the cache), and sorted there.
-        let mut rows = Page::new(columns);
+        // Each entity's rows gathered into one list, reused from entity to entity (it
+        // stays in the cache), and sorted there.
+        let mut rows: Vec<(i64, Lsn, &[u8])> = Vec::new();
+        let mut late = Vec::new();
         for (place, &entity) in order.iter().enumerate() {
             rows.clear();
-            for &row in &rows_by_place[starts[place]..starts[place + 1]] {
-                let row = row as usize;
-                rows.push_row_of(&pages[row / PAGE_ROWS], row % PAGE_ROWS);
-            }
-            let all = 0..rows.len();
-            rows.sort_rows(all.clone());
-            take(entities.name(entity), &rows, all)?;
+            rows.extend(
+                rows_by_place[starts[place]..starts[place + 1]]
+                    .iter()
+                    .map(|&row| blocks[row as usize / BLOCK_ROWS].row(row as usize % BLOCK_ROWS)),
+            );
+            sort_mostly_in_order(&mut rows, &mut late, |&(time, lsn, _)| (time, lsn));
+            take(entities.name(entity), &rows)?;
         }
         Ok(())
     }
+}
+
+/// Sort `rows` by `key`, in time linear in their number when all but a few are in order
+/// already (an entity's rows in log order: only late events are out of time order). The
+/// rows that are not below the largest before them keep their order, the others (`late`,
+/// reused) are sorted aside and merged in from the back. Keys must be distinct (the sort
+/// is not stable).
+fn sort_mostly_in_order<T: Copy, K: Ord>(rows: &mut [T], late: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    late.clear();
+    let mut kept = 0;
+    for at in 0..rows.len() {
+        let row = rows[at];
+        if kept == 0 || key(&row) > key(&rows[kept - 1]) {
+            rows[kept] = row;
+            kept += 1;
+        } else {
+            late.push(row);
+        }
+    }
+    if late.is_empty() {
+        return;
+    }
+    late.sort_unstable_by_key(&key);
+    // Merge, largest first, into the end of `rows` (its length is unchanged). The kept
+    // rows not yet merged are `rows[..kept]`, and `slot - kept` is the number of late rows
+    // left: a slot is written once its row has moved, and the last late row merged leaves
+    // the rest of the kept rows where they are.
+    let mut slot = rows.len();
+    while let Some(&latest) = late.last() {
+        slot -= 1;
+        if kept > 0 && key(&rows[kept - 1]) > key(&latest) {
+            kept -= 1;
+            rows[slot] = rows[kept];
+        } else {
+            rows[slot] = latest;
+            late.pop();
+        }
+    }
+    debug_assert_eq!(slot, kept);
 }
 
 /// Entity names, each numbered in the order first seen, found by their [`entity_hash`].
@@ -398,17 +476,15 @@ impl EntityNames {
 
 impl Owned {
     /// Apply routed events, in the order given.
-    fn apply(&mut self, routed: &Routed<'_>, streams: &[Arc<StreamState>]) {
+    fn apply(&mut self, routed: &Routed<'_>) {
         for event in &routed.rows {
             let stream = event.stream as usize;
             if self.streams.len() <= stream {
                 self.streams.resize_with(stream + 1, || None);
             }
-            let columns = streams[stream].field_types.len();
-            let owned = self.streams[stream].get_or_insert_with(|| OwnedStream::new(columns));
+            let owned = self.streams[stream].get_or_insert_with(OwnedStream::default);
             let entity = owned.entities.number(event.entity_hash, event.entity);
-            let cells = &routed.cells[event.cells..event.cells + columns];
-            owned.push(entity, event.time_ms, event.lsn, cells);
+            owned.push(entity, event.time_ms, event.lsn, routed.values(event));
         }
         self.events += routed.rows.len();
     }
@@ -422,33 +498,25 @@ impl Owned {
     ) -> Result<Option<FinishedRun>> {
         // A run takes keys in order: streams by id (a key starts with it, big-endian), then
         // each stream's entities in key order (`for_each_entity`), then each entity's
-        // chunks (`for_each_chunk`).
+        // chunks in key order (`chunks_in_key_order`).
         let mut run = inner.state.sorted_run(Table::Events)?;
         let mut value = Vec::new();
         for (stream, owned) in streams.iter().zip(&mut self.streams) {
             let Some(owned) = owned.take() else {
                 continue;
             };
-            owned.for_each_entity(|name, rows, entity_rows| {
-                for_each_chunk(stream, name, rows, entity_rows, |key, chunk| {
+            owned.for_each_entity(|name, rows| {
+                for (first, range) in chunks_in_key_order(0..rows.len(), |row| rows[row].1) {
                     value.clear();
-                    chunk.encode_into(&mut value);
-                    Ok(run.put(&key, &value)?)
-                })
+                    chunk::encode_rows_as_put(&mut value, rows[range].iter().copied());
+                    run.put(&chunk_key(stream.id, name, first), &value)?;
+                }
+                Ok(())
             })?;
         }
         self.events = 0;
         Ok(run.finish()?)
     }
-}
-
-/// A replay in progress: what it applied since the last flush, and the decode threads'
-/// caches.
-#[derive(Default)]
-struct Replay {
-    applied: Applied,
-    /// One per decode thread.
-    interned: [InternCache; 2],
 }
 
 /// What a replay applied since its last flush: the entities of each parity, and the ids.
@@ -498,7 +566,7 @@ impl Inner {
         free: Sender<RecordBatch>,
     ) -> Result<u64> {
         let flush_events = flush_events(self.options.checkpoint_events);
-        let mut replay = Replay::default();
+        let mut applied = Applied::default();
         let mut count = 0u64;
         // One past the last record applied.
         let mut end = self.applied.end();
@@ -516,28 +584,28 @@ impl Inner {
                     // with no flush running.
                     finish(&mut flushing)?;
                 }
-                self.replay_batch(&mut replay, &batch)?;
+                self.replay_batch(&mut applied, &batch)?;
                 count += batch.records.len() as u64;
                 let (last, _, _) = *batch.records.last().expect("batches are not empty");
                 end = last + 1;
                 // The reader may have finished: then it needs no batch back.
                 let _ = free.send(batch);
-                if replay.applied.events() >= flush_events {
+                if applied.events() >= flush_events {
                     finish(&mut flushing)?;
-                    let applied = replay.applied.take();
-                    flushing = Some(scope.spawn(move || self.flush_replayed(applied, end)));
+                    let flushed = applied.take();
+                    flushing = Some(scope.spawn(move || self.flush_replayed(flushed, end)));
                 }
             }
             finish(&mut flushing)?;
             if end > self.applied.end() {
-                self.flush_replayed(std::mem::take(&mut replay.applied), end)?;
+                self.flush_replayed(applied, end)?;
             }
             Ok(count)
         })
     }
 
     /// Apply one batch of records, in log order.
-    fn replay_batch(&self, replay: &mut Replay, batch: &RecordBatch) -> Result<()> {
+    fn replay_batch(&self, applied: &mut Applied, batch: &RecordBatch) -> Result<()> {
         if batch.is_other_entry() {
             let (lsn, _, _) = batch.records[0];
             let entry = wire::decode_entry(batch.payload(0))
@@ -571,24 +639,23 @@ impl Inner {
         let streams = self.registry.read().streams.clone();
         let (bytes, records) = (&batch.bytes[..], &batch.records[..]);
         let (front, back) = records.split_at(records.len() / 2);
-        let [front_interned, back_interned] = &mut replay.interned;
         let (front, back) = std::thread::scope(|scope| {
-            let back = scope.spawn(|| Decoded::events(bytes, back, &streams, back_interned));
-            let front = Decoded::events(bytes, front, &streams, front_interned);
+            let back = scope.spawn(|| Decoded::events(bytes, back, &streams));
+            let front = Decoded::events(bytes, front, &streams);
             (front, back.join().expect("replay decoder panicked"))
         });
         let (front, back) = (front?, back?);
-        let [even, odd] = &mut replay.applied.owners;
+        let [even, odd] = &mut applied.owners;
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                odd.apply(&front.by_parity[1], &streams);
-                odd.apply(&back.by_parity[1], &streams);
+                odd.apply(&front.by_parity[1]);
+                odd.apply(&back.by_parity[1]);
             });
-            even.apply(&front.by_parity[0], &streams);
-            even.apply(&back.by_parity[0], &streams);
+            even.apply(&front.by_parity[0]);
+            even.apply(&back.by_parity[0]);
         });
-        replay.applied.ids.extend_from_slice(&front.ids);
-        replay.applied.ids.extend_from_slice(&back.ids);
+        applied.ids.extend_from_slice(&front.ids);
+        applied.ids.extend_from_slice(&back.ids);
         Ok(())
     }
 
@@ -723,6 +790,32 @@ mod tests {
         assert_eq!(all, ["a", "b", "c", ""]);
     }
 
+    proptest::proptest! {
+        /// The sort of rows mostly in order sorts any rows, in order or not.
+        #[test]
+        fn rows_mostly_in_order_sort(
+            keys in proptest::collection::hash_set(0u16..2000, 0..300),
+            moves in proptest::collection::vec((0usize..300, 0usize..300), 0..40),
+            ordered in proptest::bool::ANY,
+        ) {
+            let mut rows: Vec<u16> = keys.into_iter().collect();
+            if ordered {
+                rows.sort_unstable();
+            }
+            for (from, to) in moves {
+                if from < rows.len() && to < rows.len() {
+                    let row = rows.remove(from);
+                    rows.insert(to, row);
+                }
+            }
+            let mut expected = rows.clone();
+            expected.sort_unstable();
+            let mut late = vec![7];
+            sort_mostly_in_order(&mut rows, &mut late, |&row| row);
+            proptest::prop_assert_eq!(rows, expected);
+        }
+    }
+
     /// Entities come in the order of their keys, whatever their lengths and bytes.
     #[test]
     fn entity_names_come_in_key_order() {
@@ -739,20 +832,5 @@ mod tests {
         let mut by_key = all.to_vec();
         by_key.sort_by_key(|name| entity_prefix(3, name));
         assert_eq!(ordered, by_key);
-    }
-
-    /// The cache answers the stream's table's ids, and starts again past its bound.
-    #[test]
-    fn intern_cache_gives_the_tables_ids_within_its_bound() {
-        let stream = StreamState::for_test(0, "string");
-        let mut cache = InternCache::default();
-        for _round in 0..2 {
-            for i in 0..INTERN_CACHE_STRINGS_MAX + 10 {
-                let s = format!("s{i}");
-                let table = u64::from(stream.strings.intern(&s).0);
-                assert_eq!(cache.id(0, &stream, &s), table, "{s}");
-                assert!(cache.by_stream[0].len() <= INTERN_CACHE_STRINGS_MAX);
-            }
-        }
     }
 }

@@ -23,7 +23,7 @@ use fsdb_storage::codec::{self, CodecError};
 use fsdb_storage::log::RECORD_BYTES_HARD_MAX;
 
 use super::{LogEntryBorrowed, ValueBorrowed};
-use crate::value::Value;
+use crate::value::{FieldType, Value};
 
 /// Variant indices of `LogEntry` and of `Value` (declaration order).
 const ENTRY_EVENT: u64 = 0;
@@ -234,21 +234,8 @@ pub(crate) fn decode_entry_into<'a>(
 /// An event record read by hand, its values pushed to `values`; `None` for anything else
 /// (left to serde; `values` may then hold some).
 fn decode_event<'a>(bytes: &'a [u8], values: &mut Vec<ValueBorrowed<'a>>) -> Option<EventHead<'a>> {
-    if bytes.len() > RECORD_BYTES_HARD_MAX as usize {
-        return None; // serde's size limit applies
-    }
+    let (head, bytes) = decode_event_head(bytes)?;
     let mut reader = Reader { bytes };
-    if reader.variant()? != ENTRY_EVENT {
-        return None;
-    }
-    let stream = reader.u32()?;
-    let entity = reader.str()?;
-    let time_ms = unzigzag(reader.unsigned()?);
-    let id = match reader.byte()? {
-        0 => None,
-        1 => Some(reader.str()?),
-        _ => return None,
-    };
     let len = usize::try_from(reader.unsigned()?).ok()?;
     // Every value takes at least a byte: a longer claim is malformed (and must not
     // allocate).
@@ -270,12 +257,84 @@ fn decode_event<'a>(bytes: &'a [u8], values: &mut Vec<ValueBorrowed<'a>>) -> Opt
             _ => return None, // a list (events carry none), or malformed
         });
     }
-    reader.bytes.is_empty().then_some(EventHead {
+    reader.bytes.is_empty().then_some(head)
+}
+
+/// The head of an event record read by hand, and the rest of the record: its values as
+/// written (their count, then each one). `None` for anything else, or a head this does
+/// not read (left to serde: see [`decode_entry_into`]).
+pub(crate) fn decode_event_head(bytes: &[u8]) -> Option<(EventHead<'_>, &[u8])> {
+    if bytes.len() > RECORD_BYTES_HARD_MAX as usize {
+        return None; // serde's size limit applies
+    }
+    let mut reader = Reader { bytes };
+    if reader.variant()? != ENTRY_EVENT {
+        return None;
+    }
+    let stream = reader.u32()?;
+    let entity = reader.str()?;
+    let time_ms = unzigzag(reader.unsigned()?);
+    let id = match reader.byte()? {
+        0 => None,
+        1 => Some(reader.str()?),
+        _ => return None,
+    };
+    let head = EventHead {
         stream,
         entity,
         time_ms,
         id,
-    })
+    };
+    Some((head, reader.bytes))
+}
+
+/// Whether `values`, an event record's values as written ([`decode_event_head`]), are
+/// byte for byte what [`put_values`] writes for values of fields of `types`: as many as
+/// there are fields, each null or of its field's type, every integer (counts, tags,
+/// lengths, ints) in its shortest form, every string UTF-8, nothing after the last.
+///
+/// What serde writes always is (it writes integers in their shortest form); then a row of
+/// these values, as a persisted chunk holds it ([`ChunkView`](crate::engine::chunk)), is
+/// these bytes as they are. `false` leaves the record to [`decode_entry_into`] and checks
+/// of its own: whether it is malformed, or of other types, or written in a longer form.
+pub(crate) fn values_as_put(values: &[u8], types: &[FieldType]) -> bool {
+    let mut reader = Reader { bytes: values };
+    if reader.shortest_unsigned() != Some(types.len() as u64) {
+        return false;
+    }
+    for field_type in types {
+        let fits = match (reader.shortest_unsigned(), field_type) {
+            (Some(VALUE_NULL), _) => true,
+            (Some(VALUE_INT), FieldType::Int) => reader.shortest_unsigned().is_some(),
+            (Some(VALUE_FLOAT), FieldType::Float) => reader.take(8).is_some(),
+            (Some(VALUE_STRING), FieldType::String) => reader.shortest_str().is_some(),
+            (Some(VALUE_BOOL), FieldType::Bool) => matches!(reader.byte(), Some(0 | 1)),
+            _ => false,
+        };
+        if !fits {
+            return false;
+        }
+    }
+    reader.bytes.is_empty()
+}
+
+/// Append `values` as [`put_values`] does (a replay's row of an event record written in
+/// another form: see [`values_as_put`]).
+pub(crate) fn put_borrowed_values(out: &mut Vec<u8>, values: &[ValueBorrowed<'_>]) {
+    put_unsigned(out, values.len() as u64);
+    for value in values {
+        match value {
+            ValueBorrowed::Null => put_null(out),
+            ValueBorrowed::Int(i) => put_int(out, *i),
+            ValueBorrowed::Float(f) => put_float(out, *f),
+            ValueBorrowed::String(s) => put_string(out, s),
+            ValueBorrowed::Bool(b) => put_bool(out, *b),
+            ValueBorrowed::List(items) => {
+                put_unsigned(out, VALUE_LIST);
+                put_borrowed_values(out, items);
+            }
+        }
+    }
 }
 
 /// The unread rest of a record.
@@ -337,6 +396,33 @@ impl<'a> Reader<'a> {
     #[inline]
     fn str(&mut self) -> Option<&'a str> {
         let len = usize::try_from(self.unsigned()?).ok()?;
+        utf8(self.take(len)?)
+    }
+
+    /// An unsigned integer in the form [`put_unsigned`] writes it, its shortest; `None`
+    /// for any other.
+    #[inline]
+    fn shortest_unsigned(&mut self) -> Option<u64> {
+        let (n, shortest_above) = match self.byte()? {
+            n @ 0..=SINGLE_BYTE_MAX => return Some(u64::from(n)),
+            U16_MARK => (
+                u64::from(u16::from_le_bytes(self.array()?)),
+                u64::from(SINGLE_BYTE_MAX),
+            ),
+            U32_MARK => (
+                u64::from(u32::from_le_bytes(self.array()?)),
+                u64::from(u16::MAX),
+            ),
+            U64_MARK => (u64::from_le_bytes(self.array()?), u64::from(u32::MAX)),
+            _ => return None,
+        };
+        (n > shortest_above).then_some(n)
+    }
+
+    /// A string whose length is in its shortest form.
+    #[inline]
+    fn shortest_str(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.shortest_unsigned()?).ok()?;
         utf8(self.take(len)?)
     }
 }
@@ -428,6 +514,53 @@ pub(crate) fn check_against_serde(bytes: &[u8]) {
         })
         .expect("entries encode");
         assert_eq!(ours, canonical, "re-encoding {bytes:?}");
+    }
+    check_values_as_put(bytes);
+}
+
+/// The part of [`check_against_serde`] for [`values_as_put`]: for every list of up to
+/// four field types, it holds of an event record's values exactly when they decode, each
+/// is null or of its field's type, and they are what [`put_borrowed_values`] writes.
+fn check_values_as_put(bytes: &[u8]) {
+    const TYPES: [FieldType; 4] = [
+        FieldType::Int,
+        FieldType::Float,
+        FieldType::String,
+        FieldType::Bool,
+    ];
+    let Some((_, written)) = decode_event_head(bytes) else {
+        return;
+    };
+    let mut values = Vec::new();
+    let canonical = decode_event(bytes, &mut values).map(|_| {
+        let mut canonical = Vec::new();
+        put_borrowed_values(&mut canonical, &values);
+        canonical
+    });
+    let fits = |value: &ValueBorrowed<'_>, field_type: FieldType| {
+        matches!(
+            (value, field_type),
+            (ValueBorrowed::Null, _)
+                | (ValueBorrowed::Int(_), FieldType::Int)
+                | (ValueBorrowed::Float(_), FieldType::Float)
+                | (ValueBorrowed::String(_), FieldType::String)
+                | (ValueBorrowed::Bool(_), FieldType::Bool)
+        )
+    };
+    for fields in 0..=4u32 {
+        for combination in 0..TYPES.len().pow(fields) {
+            let types: Vec<FieldType> = (0..fields)
+                .map(|field| TYPES[combination / TYPES.len().pow(field) % TYPES.len()])
+                .collect();
+            let expected = canonical.as_deref() == Some(written)
+                && values.len() == types.len()
+                && values.iter().zip(&types).all(|(v, t)| fits(v, *t));
+            assert_eq!(
+                values_as_put(written, &types),
+                expected,
+                "{bytes:?} as {types:?}"
+            );
+        }
     }
 }
 

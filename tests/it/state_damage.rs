@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fsdb::time::ManualClock;
 use fsdb::{Db, Durability, Options};
-use fsdb_storage::state::{StateOptions, StateStore};
+use fsdb_storage::state::{StateOptions, StateStore, Table};
 use serde_json::json;
 
 use crate::fixtures::{copy_dir, ev_definitions};
@@ -296,4 +296,54 @@ fn a_record_that_does_not_fit_its_stream_is_refused_on_replay() {
             Ok(_) => panic!("{what}: opened"),
         }
     }
+}
+
+/// A log record whose values are written in a longer form than serde's (integers wider
+/// than they need: serde reads them all the same) replays as the record serde writes: a
+/// replay copies the values of a record as they are only when they are in serde's form.
+#[test]
+fn a_record_written_in_a_longer_form_replays_as_serde_writes_it() {
+    use fsdb::Value;
+    use fsdb::event::LogEntry;
+    let record = LogEntry::Event {
+        stream: 0,
+        entity: "k1".into(),
+        time_ms: 9_500_000,
+        id: Some("late".into()),
+        values: vec![Value::Int(300)],
+    };
+    let as_serde = fsdb_storage::codec::encode(&record).unwrap();
+    // One value (count 1), an int (variant 1), 300 (zigzag: 600, as a u16).
+    let serde_values = [1, 1, 251, 0x58, 0x02];
+    assert!(as_serde.ends_with(&serde_values));
+    let head = &as_serde[..as_serde.len() - serde_values.len()];
+    // The count as a u16, the variant as a u32, the int as a u32.
+    let longer = [head, &[251, 1, 0, 252, 1, 0, 0, 0, 252, 0x58, 0x02, 0, 0]].concat();
+    let replayed = [as_serde, longer].map(|bytes| {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), options()).unwrap();
+        db.apply(&ev_definitions(FEATURES)).unwrap();
+        ingest(&db, 0, 20);
+        db.close().unwrap();
+        let log =
+            fsdb_storage::Log::open(&dir.path().join("log"), fsdb_storage::LogOptions::default())
+                .unwrap();
+        log.append(&[bytes]).unwrap();
+        drop(log);
+        let db = Db::open(dir.path(), options()).unwrap();
+        assert_eq!(db.open_report().replayed, 1);
+        let last = db.latest("k1", &["last_v"]).unwrap().values;
+        assert_eq!(last, [Value::Int(300)]);
+        let seen = (db.state_digest().unwrap(), answers(&db));
+        db.close().unwrap();
+        // The persisted rows, byte for byte (the digest decodes them).
+        let store = StateStore::open(&dir.path().join("state"), &StateOptions::default()).unwrap();
+        let rows: Vec<_> = (store.scan_prefix(Table::Events, &[]))
+            .map(|item| item.unwrap())
+            .collect();
+        (seen, rows)
+    });
+    let [(as_serde, serde_rows), (longer, longer_rows)] = replayed;
+    assert_eq!(longer, as_serde);
+    assert!(longer_rows == serde_rows, "the persisted rows differ");
 }
