@@ -87,7 +87,7 @@ impl IdSet {
             let mut rotated: Vec<u128> = rest[..end].iter().map(|id| id.rotate_left(64)).collect();
             rotated.sort_unstable();
             let home_slots = ((rotated.len() as f64 / LOAD_AT_BUILD) as usize).max(HOME_SLOTS_MIN);
-            *shard = Shard::build(&rotated, home_slots);
+            *shard = Shard::build(rotated.iter().copied(), home_slots);
             set.len += rotated.len();
             rest = &rest[end..];
         }
@@ -266,24 +266,26 @@ impl Shard {
     /// A table with `home_slots` home slots holding `rotated` (sorted, distinct, nonzero),
     /// each at its home slot or right after the previous one. `None` if they spill past
     /// the end.
-    fn try_build(rotated: &[u128], home_slots: usize) -> Option<Shard> {
+    fn try_build(rotated: impl Iterator<Item = u128>, home_slots: usize) -> Option<Shard> {
         let mut slots = vec![0u128; home_slots + spill_slots(home_slots)];
-        let mut next = 0;
-        for &r in rotated {
+        let (mut next, mut len) = (0, 0);
+        for r in rotated {
             let at = home(r, home_slots).max(next);
             *slots.get_mut(at)? = r;
             next = at + 1;
+            len += 1;
         }
         Some(Shard {
             slots,
             home_slots,
-            len: rotated.len(),
+            len,
         })
     }
 
-    fn build(rotated: &[u128], mut home_slots: usize) -> Shard {
+    /// [`Shard::try_build`], with more home slots until they fit.
+    fn build(rotated: impl Iterator<Item = u128> + Clone, mut home_slots: usize) -> Shard {
         loop {
-            if let Some(shard) = Shard::try_build(rotated, home_slots) {
+            if let Some(shard) = Shard::try_build(rotated.clone(), home_slots) {
                 return shard;
             }
             home_slots = (home_slots as f64 * GROWTH) as usize + 1;
@@ -325,12 +327,16 @@ impl Shard {
                 self.len += 1;
             }
             _ => {
-                // Full enough, or the run would spill past the end: rebuild larger.
-                let mut all: Vec<u128> = self.slots.iter().copied().filter(|&s| s != 0).collect();
-                let place = all.partition_point(|&s| s < rotated);
-                all.insert(place, rotated);
+                // Full enough, or the run would spill past the end: rebuild larger, from
+                // the present ids (in order) with the new one in its place, as they are
+                // read (a rebuild had been most of an insert's cost, half of it copying
+                // them to a list first).
+                let present = self.slots.iter().copied().filter(|&s| s != 0);
+                let all = (present.clone().take_while(|&s| s < rotated))
+                    .chain(std::iter::once(rotated))
+                    .chain(present.skip_while(|&s| s < rotated));
                 let home_slots = ((self.home_slots as f64 * GROWTH) as usize).max(HOME_SLOTS_MIN);
-                *self = Shard::build(&all, home_slots);
+                *self = Shard::build(all, home_slots);
             }
         }
         true
@@ -358,7 +364,7 @@ impl Shard {
         let home_slots = needed
             .max((self.home_slots as f64 * GROWTH) as usize)
             .max(HOME_SLOTS_MIN);
-        *self = Shard::build(&all, home_slots);
+        *self = Shard::build(all.iter().copied(), home_slots);
         added
     }
 

@@ -421,25 +421,25 @@ fn sort_mostly_in_order<T: Copy, K: Ord>(rows: &mut [T], late: &mut Vec<T>, key:
 struct EntityNames {
     /// Entity numbers, by hash.
     table: HashTable<u32>,
-    /// By entity number: its hash, and where its name ends in `names`.
-    hashes: Vec<u64>,
-    ends: Vec<usize>,
+    /// By entity number: its hash and where its name lies in `names` (one read finds both:
+    /// a lookup of one of many entities misses the cache at each).
+    entries: Vec<NameEntry>,
     names: String,
+}
+
+struct NameEntry {
+    hash: u64,
+    name: Range<usize>,
 }
 
 impl EntityNames {
     fn count(&self) -> u32 {
-        self.hashes.len() as u32
+        self.entries.len() as u32
     }
 
+    #[inline]
     fn name(&self, entity: u32) -> &str {
-        let entity = entity as usize;
-        let start = if entity == 0 {
-            0
-        } else {
-            self.ends[entity - 1]
-        };
-        &self.names[start..self.ends[entity]]
+        &self.names[self.entries[entity as usize].name.clone()]
     }
 
     /// Every entity's number, in the order of the entities' keys: a stream's entity keys
@@ -457,19 +457,23 @@ impl EntityNames {
     /// The number of the entity `name` (whose hash is `hash`), numbering it if it is new.
     fn number(&mut self, hash: u64, name: &str) -> u32 {
         let found = self.table.find(hash, |&entity| {
-            self.hashes[entity as usize] == hash && self.name(entity) == name
+            let entry = &self.entries[entity as usize];
+            entry.hash == hash && &self.names[entry.name.clone()] == name
         });
         if let Some(&entity) = found {
             return entity;
         }
-        let entity = u32::try_from(self.hashes.len())
+        let entity = u32::try_from(self.entries.len())
             .expect("a flush holds fewer events than 2^32 (FLUSH_EVENTS_MAX)");
-        self.hashes.push(hash);
+        let start = self.names.len();
         self.names.push_str(name);
-        self.ends.push(self.names.len());
-        let hashes = &self.hashes;
+        self.entries.push(NameEntry {
+            hash,
+            name: start..self.names.len(),
+        });
+        let entries = &self.entries;
         self.table
-            .insert_unique(hash, entity, |&e| hashes[e as usize]);
+            .insert_unique(hash, entity, |&e| entries[e as usize].hash);
         entity
     }
 }
