@@ -30,8 +30,9 @@
 //! flush holds: only a flush marks replayed records applied) are committed with
 //! [`Inner::checkpoint`], and the rows dropped: a replay leaves no entity in memory, and
 //! holds at most `checkpoint_events` events (plus two batches), half being applied and half
-//! being persisted. A crash between the ingestions and that commit leaves rows and ids
-//! persisted past `applied_lsn`; the next open replays and persists them again, and
+//! being persisted. The last flush, which nothing is applied beside, writes and ingests its
+//! runs while the one before it finishes; commits keep log order. A crash between the
+//! ingestions and a commit leaves rows and ids persisted past `applied_lsn`; the next open replays and persists them again, and
 //! loading an entity (as the state digest does) merges the repeated rows, the id set the
 //! repeated ids.
 
@@ -572,8 +573,9 @@ impl Inner {
         let flush_events = flush_events(self.options.checkpoint_events);
         let mut applied = Applied::default();
         let mut count = 0u64;
-        // One past the last record applied.
+        // One past the last record applied, and one past the last one a flush took.
         let mut end = self.applied.end();
+        let mut flushed_end = end;
         std::thread::scope(|scope| {
             let mut flushing: Option<ScopedJoinHandle<'_, Result<()>>> = None;
             let finish = |flushing: &mut Option<ScopedJoinHandle<'_, Result<()>>>| {
@@ -597,12 +599,21 @@ impl Inner {
                 if applied.events() >= flush_events {
                     finish(&mut flushing)?;
                     let flushed = applied.take();
+                    flushed_end = end;
                     flushing = Some(scope.spawn(move || self.flush_replayed(flushed, end)));
                 }
             }
+            // The last flush, which nothing is applied beside: its runs are written while
+            // the one before it finishes (no more events come, so no more than two flushes'
+            // are held either way), and it commits after it.
+            let last = (end > flushed_end).then(|| {
+                let last = std::mem::take(&mut applied);
+                scope.spawn(|| self.persist_replayed(last))
+            });
             finish(&mut flushing)?;
-            if end > self.applied.end() {
-                self.flush_replayed(applied, end)?;
+            if let Some(last) = last {
+                last.join().expect("replay flusher panicked")?;
+                self.commit_replayed(end)?;
             }
             Ok(count)
         })
@@ -663,11 +674,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Persist what the replay applied since its last flush, every record below `end`: the
-    /// rows of both owners and the ids, as sorted runs written on three threads and
-    /// ingested, while a fourth adds the ids to the id set (nothing reads it during a
-    /// replay); then the catalog and `applied_lsn` (`end - 1`) in one checkpoint commit.
+    /// Persist what the replay applied since its last flush, every record below `end`, and
+    /// commit it ([`Inner::persist_replayed`], [`Inner::commit_replayed`]).
     fn flush_replayed(&self, applied: Applied, end: Lsn) -> Result<()> {
+        self.persist_replayed(applied)?;
+        self.commit_replayed(end)
+    }
+
+    /// Persist what the replay applied since a flush: the rows of both owners and the
+    /// ids, as sorted runs written on three threads and ingested, while a fourth adds the
+    /// ids to the id set (nothing reads it during a replay). Two may run at once (their
+    /// runs hold different keys); what they persist counts only once committed.
+    fn persist_replayed(&self, applied: Applied) -> Result<()> {
         // Rows reflect log records: those must be durable before state is. Recovery synced
         // every record it found (a replay reads no other), so this returns at once; it
         // keeps the rule where the state is written.
@@ -692,10 +710,15 @@ impl Inner {
         });
         ids_done?;
         let runs = [even_run?, odd_run?].into_iter().flatten().collect();
-        self.state.ingest(Table::Events, runs)?;
-        // The checkpoint's watermark: flushes run one at a time, in log order, and the
+        Ok(self.state.ingest(Table::Events, runs)?)
+    }
+
+    /// Commit what the flushes persisted, every record below `end`: the catalog and
+    /// `applied_lsn` (`end - 1`) in one checkpoint commit.
+    fn commit_replayed(&self, end: Lsn) -> Result<()> {
+        // The checkpoint's watermark: flushes commit one at a time, in log order, and the
         // records applied since this one was handed over are not in it (nothing but a
-        // flush marks a replayed record applied).
+        // flush's commit marks a replayed record applied).
         self.applied.complete(self.applied.end(), end);
         assert_eq!(
             self.applied.end(),
