@@ -7,8 +7,9 @@
 //! table (Amble & Knuth, 1974), ~20 bytes per id:
 //!
 //! - ids are split into [`SHARDS`] shards by their top bits (hashes are uniform), and each
-//!   shard grows on its own, by [`GROWTH`] rather than doubling, at most [`LOAD_MAX`] full:
-//!   memory follows the number of ids closely, and a growth rebuilds one shard only;
+//!   shard grows on its own, by [`GROWTH`] rather than doubling (once past
+//!   [`DOUBLING_HOME_SLOTS_MAX`]), at most [`LOAD_MAX`] full: memory follows the number of
+//!   ids closely, and a growth rebuilds one shard only;
 //! - a shard is one array of slots (0: empty). An id's home slot is its low 64 bits scaled
 //!   to the table, and the occupied slots are sorted: a lookup starts at the home slot and
 //!   stops at the first empty slot or larger id — a few adjacent slots (on average about
@@ -29,6 +30,10 @@ pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 const LOAD_MAX: f64 = 0.9;
 /// ...to this many times as many home slots.
 const GROWTH: f64 = 1.2;
+/// Home slots below which a shard doubles instead: rebuilding small shards 1.2 times
+/// larger at a time was most of the cost of an insert (each id copied ~17 times), and all
+/// of them together take 16 MiB at most.
+const DOUBLING_HOME_SLOTS_MAX: usize = 4096;
 /// A set built at once (on open) is this full: room to grow before the first rebuild.
 const LOAD_AT_BUILD: f64 = 0.8;
 /// Home slots of a shard's first table.
@@ -48,6 +53,17 @@ struct Shard {
     slots: Vec<u128>,
     home_slots: usize,
     len: usize,
+}
+
+/// The home slots of a shard that grows from `home_slots`: double while small, then by
+/// [`GROWTH`].
+fn grown(home_slots: usize) -> usize {
+    let factor = if home_slots < DOUBLING_HOME_SLOTS_MAX {
+        2.0
+    } else {
+        GROWTH
+    };
+    ((home_slots as f64 * factor) as usize).max(HOME_SLOTS_MIN)
 }
 
 fn shard_of(id: u128) -> usize {
@@ -335,7 +351,7 @@ impl Shard {
                 let all = (present.clone().take_while(|&s| s < rotated))
                     .chain(std::iter::once(rotated))
                     .chain(present.skip_while(|&s| s < rotated));
-                let home_slots = ((self.home_slots as f64 * GROWTH) as usize).max(HOME_SLOTS_MIN);
+                let home_slots = grown(self.home_slots);
                 *self = Shard::build(all, home_slots);
             }
         }
@@ -361,9 +377,7 @@ impl Shard {
         all.extend(present);
         let added = all.len() - self.len;
         let needed = (all.len() as f64 / LOAD_AT_BUILD) as usize;
-        let home_slots = needed
-            .max((self.home_slots as f64 * GROWTH) as usize)
-            .max(HOME_SLOTS_MIN);
+        let home_slots = needed.max(grown(self.home_slots)).max(HOME_SLOTS_MIN);
         *self = Shard::build(all.iter().copied(), home_slots);
         added
     }
