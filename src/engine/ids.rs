@@ -376,8 +376,11 @@ impl Shard {
         }
         all.extend(present);
         let added = all.len() - self.len;
+        // Sized to what it holds (not doubled: it is not growing one id at a time).
         let needed = (all.len() as f64 / LOAD_AT_BUILD) as usize;
-        let home_slots = needed.max(grown(self.home_slots)).max(HOME_SLOTS_MIN);
+        let home_slots = needed
+            .max((self.home_slots as f64 * GROWTH) as usize)
+            .max(HOME_SLOTS_MIN);
         *self = Shard::build(all.iter().copied(), home_slots);
         added
     }
