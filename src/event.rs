@@ -376,6 +376,20 @@ pub(crate) enum ValueBorrowed<'a> {
     List(#[serde(borrow)] Vec<ValueBorrowed<'a>>),
 }
 
+impl ValueBorrowed<'_> {
+    /// Whether a field of type `field_type` holds this value: null, or one of its type.
+    pub(crate) fn fits(&self, field_type: FieldType) -> bool {
+        matches!(
+            (self, field_type),
+            (ValueBorrowed::Null, _)
+                | (ValueBorrowed::Int(_), FieldType::Int)
+                | (ValueBorrowed::Float(_), FieldType::Float)
+                | (ValueBorrowed::String(_), FieldType::String)
+                | (ValueBorrowed::Bool(_), FieldType::Bool)
+        )
+    }
+}
+
 /// Rows of one entity persisted by one checkpoint: (time, LSN, values in field order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RowChunk {

@@ -50,7 +50,6 @@ use super::{Inner, StreamState, chunk, chunk_key, chunks_in_key_order, dedup_has
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
-use crate::value::FieldType;
 
 /// Log records read, decoded and applied together.
 const BATCH_RECORDS: usize = 1 << 16;
@@ -211,18 +210,9 @@ fn decode_checked<'a>(
     if values.len() != state.field_types.len() {
         return Err(mismatch("not as many values as its stream has fields"));
     }
-    for (value, field_type) in values.iter().zip(&state.field_types) {
-        let fits = matches!(
-            (value, field_type),
-            (ValueBorrowed::Null, _)
-                | (ValueBorrowed::Int(_), FieldType::Int)
-                | (ValueBorrowed::Float(_), FieldType::Float)
-                | (ValueBorrowed::String(_), FieldType::String)
-                | (ValueBorrowed::Bool(_), FieldType::Bool)
-        );
-        if !fits {
-            return Err(mismatch("a value not of its field's type"));
-        }
+    let mut typed = values.iter().zip(&state.field_types);
+    if !typed.all(|(value, &field_type)| value.fits(field_type)) {
+        return Err(mismatch("a value not of its field's type"));
     }
     Ok(head)
 }

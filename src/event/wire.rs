@@ -537,16 +537,6 @@ fn check_values_as_put(bytes: &[u8]) {
         put_borrowed_values(&mut canonical, &values);
         canonical
     });
-    let fits = |value: &ValueBorrowed<'_>, field_type: FieldType| {
-        matches!(
-            (value, field_type),
-            (ValueBorrowed::Null, _)
-                | (ValueBorrowed::Int(_), FieldType::Int)
-                | (ValueBorrowed::Float(_), FieldType::Float)
-                | (ValueBorrowed::String(_), FieldType::String)
-                | (ValueBorrowed::Bool(_), FieldType::Bool)
-        )
-    };
     for fields in 0..=4u32 {
         for combination in 0..TYPES.len().pow(fields) {
             let types: Vec<FieldType> = (0..fields)
@@ -554,7 +544,7 @@ fn check_values_as_put(bytes: &[u8]) {
                 .collect();
             let expected = canonical.as_deref() == Some(written)
                 && values.len() == types.len()
-                && values.iter().zip(&types).all(|(v, t)| fits(v, *t));
+                && values.iter().zip(&types).all(|(v, t)| v.fits(*t));
             assert_eq!(
                 values_as_put(written, &types),
                 expected,
