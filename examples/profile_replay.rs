@@ -1,5 +1,6 @@
 //! Ingest the reference workload (NoSync), then time a full replay of its log into an empty
-//! state; for profiling with `perf record` (FSDB_REPLAY_ONLY=DIR replays an existing log).
+//! state; for profiling with `perf record` (FSDB_REPLAY_ONLY=DIR replays an existing log;
+//! FSDB_SYNC=1 opens it durable, as the benchmark does).
 use std::sync::Arc;
 use std::time::Instant;
 
