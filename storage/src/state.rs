@@ -23,6 +23,7 @@ use rocksdb::{
 };
 
 use crate::Lsn;
+use crate::checksum::crc32;
 
 pub mod key;
 
@@ -158,7 +159,7 @@ fn seal(value: &[u8]) -> Vec<u8> {
 }
 
 fn seal_into(value: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+    out.extend_from_slice(&crc32(value).to_le_bytes());
     out.extend_from_slice(value);
 }
 
@@ -276,7 +277,7 @@ impl StateStore {
             return Err(self.corrupt(table, key, "value shorter than its checksum"));
         }
         let (crc, value) = stored.split_at(CHECKSUM_BYTES);
-        if u32::from_le_bytes(crc.try_into().expect("4 bytes")) != crc32fast::hash(value) {
+        if u32::from_le_bytes(crc.try_into().expect("4 bytes")) != crc32(value) {
             return Err(self.corrupt(table, key, "checksum mismatch"));
         }
         Ok(value.to_vec())

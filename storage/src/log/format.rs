@@ -13,6 +13,7 @@
 //! never decode as a frame.
 
 use crate::Lsn;
+use crate::checksum::crc32;
 
 pub const HEADER_BYTES: usize = 32;
 pub const FRAME_HEADER_BYTES: usize = 24;
@@ -91,7 +92,7 @@ fn need(bytes: &[u8], needed: usize) -> Result<(), FormatError> {
 }
 
 fn check_crc(stored: u32, covered: &[u8]) -> Result<(), FormatError> {
-    let computed = crc32fast::hash(covered);
+    let computed = crc32(covered);
     if stored != computed {
         return Err(FormatError::Checksum { stored, computed });
     }
@@ -104,7 +105,7 @@ pub fn encode_header(header: SegmentHeader) -> [u8; HEADER_BYTES] {
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     // 12..16 flags and 24..28 reserved stay zero.
     b[16..24].copy_from_slice(&header.base_lsn.to_le_bytes());
-    let crc = crc32fast::hash(&b[..28]);
+    let crc = crc32(&b[..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
     b
 }
@@ -138,7 +139,7 @@ pub fn encode_frame(out: &mut Vec<u8>, header: FrameHeader, payload: &[u8]) {
     out.extend_from_slice(&header.durable.to_le_bytes());
     out.extend_from_slice(&header.batch_left.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + 4..]);
+    let crc = crc32(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -176,7 +177,7 @@ pub fn encode_trailer(trailer: Trailer) -> [u8; TRAILER_BYTES] {
     b[0..8].copy_from_slice(&SEAL_MAGIC);
     b[8..16].copy_from_slice(&trailer.next_lsn.to_le_bytes());
     b[16..24].copy_from_slice(&trailer.records_end.to_le_bytes());
-    let crc = crc32fast::hash(&b[..28]);
+    let crc = crc32(&b[..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
     b
 }
