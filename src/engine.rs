@@ -48,7 +48,7 @@ pub(crate) mod strings;
 
 use entity::EntityRun;
 use feature::CompiledFeature;
-use ids::IdSet;
+use ids::{IdSet, IdSetBuilder};
 use strings::{Interner, StringTable};
 
 /// How to open a database. Every limit is named with its unit.
@@ -1251,7 +1251,7 @@ impl StateHeader {
             }
             None => 0,
         };
-        let mut ids = Vec::new();
+        let mut ids = IdSetBuilder::default();
         let mut next_id_chunk = 0;
         for item in state.scan_prefix(Table::Dedup, &[]) {
             let (key, value) = item?;
@@ -1262,7 +1262,7 @@ impl StateHeader {
             applied_lsn,
             catalog,
             catalog_lsn,
-            ids: IdSet::from_ids(ids),
+            ids: ids.build(),
             next_id_chunk,
         };
         Ok((state, header))
