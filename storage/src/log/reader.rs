@@ -125,6 +125,12 @@ impl Scan {
             next_lsn: view.segments[segment].base,
             view,
         };
+        // A scan from the end reads nothing (a restart whose state is current asks for
+        // one): no need to walk the last segment to its end first (recovery checked it).
+        if from == scan.view.end_lsn {
+            scan.next_lsn = from;
+            return Ok(scan);
+        }
         // Skip, checking as we go, to the first wanted record.
         while scan.next_lsn < from {
             scan.next_record()?;
