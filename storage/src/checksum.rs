@@ -21,7 +21,10 @@ mod tests {
     proptest::proptest! {
         /// The same checksum as `crc32fast::hash`, short inputs and long, from any start.
         #[test]
-        fn crc32_is_crc32fasts(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600), skip in 0usize..17) {
+        fn crc32_is_crc32fasts(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            skip in 0usize..17,
+        ) {
             let bytes = &bytes[skip.min(bytes.len())..];
             proptest::prop_assert_eq!(crc32(bytes), crc32fast::hash(bytes));
         }

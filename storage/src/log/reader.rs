@@ -125,8 +125,9 @@ impl Scan {
             next_lsn: view.segments[segment].base,
             view,
         };
-        // A scan from the end reads nothing (a restart whose state is current asks for
-        // one): no need to walk the last segment to its end first (recovery checked it).
+        // A scan from the end reads nothing, so it need not walk (and check) the last
+        // segment's records to get there: a restart whose state is current asks for one,
+        // right after recovery checked them.
         if from == scan.view.end_lsn {
             scan.next_lsn = from;
             return Ok(scan);
