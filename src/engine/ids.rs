@@ -143,10 +143,16 @@ impl IdSet {
     /// runs.
     pub(crate) fn insert_many(&mut self, ids: &[u128]) -> usize {
         let before = self.len;
-        if ids.contains(&0) {
+        let mut grouped = IdSetBuilder::for_ids(ids.len());
+        grouped.extend(ids.iter().copied());
+        if grouped.has_zero {
             self.insert(0);
         }
-        self.len += insert_into_shards(&mut self.shards, ids);
+        for (shard, ids) in self.shards.iter_mut().zip(grouped.sorted_by_shard()) {
+            if !ids.is_empty() {
+                self.len += shard.insert_sorted(&ids);
+            }
+        }
         self.len - before
     }
 
@@ -159,7 +165,8 @@ impl IdSet {
 /// Builds an [`IdSet`] at once (on open, from the ids the state store holds): the ids are
 /// grouped by shard as they come, then each shard's are sorted by buckets and its table
 /// built once, at [`LOAD_AT_BUILD`]. (Collecting every id first and sorting them all by
-/// comparison took ~40% of a restart's open.)
+/// comparison took ~40% of a restart's open.) [`IdSet::insert_many`] groups and sorts its
+/// ids the same way.
 pub(crate) struct IdSetBuilder {
     /// By shard: its ids, rotated.
     by_shard: Vec<Vec<u128>>,
@@ -176,6 +183,18 @@ impl Default for IdSetBuilder {
 }
 
 impl IdSetBuilder {
+    /// A builder with room for about `ids` ids: each shard's share, and three standard
+    /// deviations more (hashes spread over the shards binomially), so that its lists
+    /// rarely grow by copying themselves.
+    fn for_ids(ids: usize) -> IdSetBuilder {
+        let share = ids / SHARDS;
+        let room = share + 3 * share.isqrt() + 16;
+        IdSetBuilder {
+            by_shard: (0..SHARDS).map(|_| Vec::with_capacity(room)).collect(),
+            has_zero: false,
+        }
+    }
+
     /// Add ids, in any order, repeats allowed.
     pub(crate) fn extend(&mut self, ids: impl IntoIterator<Item = u128>) {
         for id in ids {
@@ -192,57 +211,25 @@ impl IdSetBuilder {
             has_zero: self.has_zero,
             ..IdSet::default()
         };
-        let (mut scratch, mut buckets) = (Vec::new(), Vec::new());
-        for (shard, mut ids) in set.shards.iter_mut().zip(self.by_shard) {
-            sort_rotated(&mut ids, &mut scratch, &mut buckets);
-            let distinct = dedup_sorted(&mut ids);
-            ids.truncate(distinct);
+        for (shard, ids) in set.shards.iter_mut().zip(self.sorted_by_shard()) {
             let home_slots = ((ids.len() as f64 / LOAD_AT_BUILD) as usize).max(HOME_SLOTS_MIN);
             *shard = Shard::build(ids.iter().copied(), home_slots);
         }
         set.len = usize::from(set.has_zero) + set.shards.iter().map(|s| s.len).sum::<usize>();
         set
     }
-}
 
-/// Insert `ids` but 0 (any order, repeats allowed) into `shards` (all of them); returns
-/// how many were absent.
-fn insert_into_shards(shards: &mut [Shard], ids: &[u128]) -> usize {
-    let (mut by_shard, starts) = group_by_shard(ids);
-    let mut added = 0;
-    let (mut scratch, mut buckets) = (Vec::new(), Vec::new());
-    for (index, target) in shards.iter_mut().enumerate() {
-        let ids = &mut by_shard[starts[index]..starts[index + 1]];
-        if ids.is_empty() {
-            continue;
-        }
-        sort_rotated(ids, &mut scratch, &mut buckets);
-        let distinct = dedup_sorted(ids);
-        added += target.insert_sorted(&ids[..distinct]);
+    /// Each shard's ids (0 aside), sorted into slot order and without repeats, shard
+    /// after shard (each list freed once the caller is done with it).
+    fn sorted_by_shard(self) -> impl Iterator<Item = Vec<u128>> {
+        let (mut scratch, mut buckets) = (Vec::new(), Vec::new());
+        self.by_shard.into_iter().map(move |mut ids| {
+            sort_rotated(&mut ids, &mut scratch, &mut buckets);
+            let distinct = dedup_sorted(&mut ids);
+            ids.truncate(distinct);
+            ids
+        })
     }
-    added
-}
-
-/// `ids` but 0, rotated, grouped by shard (a counting sort: a sort of the whole list
-/// would compare (shard, id) pairs at every level); shard `i`'s are at
-/// `starts[i]..starts[i + 1]`, in no order.
-fn group_by_shard(ids: &[u128]) -> (Vec<u128>, Vec<usize>) {
-    let ids = || ids.iter().copied().filter(|&id| id != 0);
-    let mut starts = vec![0usize; SHARDS + 1];
-    for id in ids() {
-        starts[shard_of(id) + 1] += 1;
-    }
-    for index in 1..starts.len() {
-        starts[index] += starts[index - 1];
-    }
-    let mut next = starts.clone();
-    let mut by_shard = vec![0u128; starts[SHARDS]];
-    for id in ids() {
-        let index = shard_of(id);
-        by_shard[next[index]] = id.rotate_left(64);
-        next[index] += 1;
-    }
-    (by_shard, starts)
 }
 
 /// Move the distinct values of sorted `ids` to its front; returns how many there are.
