@@ -623,6 +623,22 @@ impl Acc {
             }
         }
     }
+
+    /// Give back the room kept for values to come: for a state that is stored (a tile
+    /// summary) and from then on only merged from.
+    pub fn shrink_to_fit(&mut self) {
+        match self {
+            Acc::Distinct(set) => set.shrink_to_fit(),
+            Acc::LastN(items) => items.shrink_to_fit(),
+            Acc::Hll(hll) => hll.shrink_to_fit(),
+            Acc::Count(_)
+            | Acc::SumInt(_)
+            | Acc::SumFloat(_)
+            | Acc::Extreme(_)
+            | Acc::Moments(_)
+            | Acc::Edge(_) => {}
+        }
+    }
 }
 
 /// Heap bytes of a hashbrown table that can hold `capacity` entries of `entry` bytes: a
@@ -826,6 +842,7 @@ mod tests {
         for i in 0..1000 {
             distinct.update(&mut acc, item(i), &NoStrings);
         }
+        acc.shrink_to_fit();
         assert_eq!(acc.heap_bytes(), size_of::<DistinctKeys>() + 16 * 8);
         assert_eq!(spec(AggKind::Count).init().heap_bytes(), 0);
         let avg = AggSpec {

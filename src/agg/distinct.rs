@@ -60,8 +60,8 @@ impl DistinctKeys {
         let fresh = if key < DENSE_KEYS {
             let (word, bit) = ((key / WORD_BITS) as usize, 1u64 << (key % WORD_BITS));
             if word >= self.dense.len() {
-                // Exact growth: a set keeps no room for keys it may never see.
-                self.dense.reserve_exact(word + 1 - self.dense.len());
+                // Amortized growth: a query's set grows key by key. A set kept for long
+                // (a tile summary) is cut to its size by `shrink_to_fit` when stored.
                 self.dense.resize(word + 1, 0);
             }
             let fresh = self.dense[word] & bit == 0;
@@ -133,6 +133,13 @@ impl DistinctKeys {
         }
         self.sparse.extend(other.sparse.iter().copied());
         self.repeats = None;
+    }
+
+    /// Give back the room kept for keys to come: for a set that is stored and only read
+    /// or merged from then on.
+    pub fn shrink_to_fit(&mut self) {
+        self.dense.shrink_to_fit();
+        self.sparse.shrink_to_fit();
     }
 
     /// Heap bytes owned (for the entity cache's budget).
@@ -207,11 +214,15 @@ mod tests {
     }
 
     #[test]
-    fn a_small_key_set_costs_its_bitmap_words() {
+    fn a_small_key_set_costs_its_bitmap_words_once_shrunk() {
         let mut set = DistinctKeys::default();
-        for k in 0..500 {
+        for k in 0..300 {
             set.insert(k);
         }
-        assert_eq!(set.heap_bytes(), 8 * 8, "500 keys: eight words, no table");
+        // Five words in use: 8 kept, by doubling from the first word's four.
+        assert_eq!(set.heap_bytes(), 8 * 8);
+        set.shrink_to_fit();
+        assert_eq!(set.heap_bytes(), 5 * 8, "300 keys: five words, no table");
+        assert_eq!(set.len(), 300);
     }
 }

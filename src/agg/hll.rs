@@ -62,6 +62,13 @@ impl Hll {
         }
     }
 
+    /// Give back the room a sparse sketch keeps for hashes to come.
+    pub fn shrink_to_fit(&mut self) {
+        if let Hll::Sparse(hashes) = self {
+            hashes.shrink_to_fit();
+        }
+    }
+
     fn densify(&mut self) {
         if let Hll::Sparse(hashes) = self {
             let mut registers = Box::new([0u8; REGISTERS]);

@@ -431,6 +431,8 @@ impl Node {
             }
         }
         ctx.stats = saved;
+        // Kept until the tile changes: no room for values that will not come.
+        accs.iter_mut().for_each(Acc::shrink_to_fit);
         let summary = Summary {
             version: ctx.version,
             accs: accs.into_boxed_slice(),
