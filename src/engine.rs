@@ -321,6 +321,8 @@ pub(crate) struct Registry {
     catalog_lsn: Lsn,
     /// The catalog changed since the last checkpoint.
     catalog_dirty: bool,
+    /// Query plans made from this registry; emptied by every change to it.
+    pub(crate) plans: crate::query::PlanCache,
 }
 
 /// Which LSNs have been applied: all below `end`, plus out-of-order completed ranges.
@@ -713,6 +715,7 @@ impl StreamState {
 impl Registry {
     /// Add what `plan` adds: new streams, and compiled features on their streams.
     fn add(&mut self, plan: &ApplyPlan) {
+        self.plans.clear();
         for def in &plan.new_streams {
             let id = u32::try_from(self.streams.len()).expect("fewer than 2^32 streams");
             self.streams
@@ -743,6 +746,7 @@ impl Registry {
     /// their compiled forms, and with the version change every summary and remembered value
     /// computed for the stream's old feature list. Later slots of the stream move down.
     fn remove(&mut self, names: &[String]) {
+        self.plans.clear();
         for name in names {
             let Some((stream, slot)) = self.features.remove(name) else {
                 continue;

@@ -9,12 +9,16 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::agg::Acc;
 use crate::engine::entity::{FoldCtx, QueryStats};
 use crate::engine::feature::CompiledFeature;
-use crate::engine::{Cached, Db, EntityState, FeatureSet, StreamState};
+use crate::engine::{Cached, Db, EntityState, FeatureSet, Registry, StreamState};
 use crate::error::{Error, Result};
 use crate::time::TimestampMs;
 use crate::value::Value;
@@ -86,6 +90,44 @@ pub(crate) struct Plan {
     pub(crate) streams: Vec<Arc<StreamState>>,
 }
 
+/// Plans kept by the list of feature names they answer (a client asks for the same list
+/// again and again), so that a query does not resolve and copy its names each time.
+///
+/// Invariant: every plan here was made from the registry as it is now. The cache lives in
+/// the registry and every change of the registry empties it, under the registry's write
+/// lock.
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    /// By the hash of the names asked for; a plan whose names differ (a collision) is
+    /// not used, and is replaced.
+    plans: RwLock<FxHashMap<u64, Arc<Plan>>>,
+}
+
+/// Distinct lists of names the plan cache holds; past it, the cache starts over.
+const PLAN_CACHE_ENTRIES: usize = 256;
+
+impl PlanCache {
+    fn get(&self, hash: u64, features: &[&str]) -> Option<Arc<Plan>> {
+        let plans = self.plans.read();
+        let plan = plans.get(&hash)?;
+        let same = plan.names.len() == features.len()
+            && plan.names.iter().zip(features).all(|(a, b)| a == b);
+        same.then(|| Arc::clone(plan))
+    }
+
+    fn insert(&self, hash: u64, plan: Arc<Plan>) {
+        let mut plans = self.plans.write();
+        if plans.len() >= PLAN_CACHE_ENTRIES {
+            plans.clear();
+        }
+        plans.insert(hash, plan);
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.plans.get_mut().clear();
+    }
+}
+
 /// The requested features of one stream.
 pub(crate) struct StreamPlan {
     /// (position in the answer, slot in the stream's feature list when planned)
@@ -129,8 +171,19 @@ impl StreamPlan {
 }
 
 impl Db {
-    pub(crate) fn plan(&self, features: &[&str]) -> Result<Plan> {
+    /// The plan for `features`: from the registry's plan cache, or made and kept there.
+    pub(crate) fn plan(&self, features: &[&str]) -> Result<Arc<Plan>> {
         let registry = self.inner.registry.read();
+        let hash = FxBuildHasher.hash_one(features);
+        if let Some(plan) = registry.plans.get(hash, features) {
+            return Ok(plan);
+        }
+        let plan = Arc::new(Self::make_plan(&registry, features)?);
+        registry.plans.insert(hash, Arc::clone(&plan));
+        Ok(plan)
+    }
+
+    fn make_plan(registry: &Registry, features: &[&str]) -> Result<Plan> {
         let names: Arc<[String]> = features.iter().map(|s| (*s).to_owned()).collect();
         let mut by_stream: BTreeMap<usize, StreamPlan> = BTreeMap::new();
         for (position, name) in features.iter().enumerate() {
@@ -300,30 +353,32 @@ impl EntityFold<'_> {
     /// how many values were folded (not remembered).
     pub(crate) fn run(&self, state: &mut EntityState, values: &mut [Value]) -> (QueryStats, usize) {
         let (features, t) = (self.features, self.t);
-        let mut by_window: BTreeMap<(i64, i64), Vec<(usize, usize)>> = BTreeMap::new();
+        // (window, position in the answer, slot) of each value to fold, then grouped by
+        // window: one allocation where a map of windows made one per window.
+        let mut to_fold: Vec<((i64, i64), usize, usize)> = Vec::with_capacity(self.wanted.len());
         for &(position, slot) in self.wanted {
             match state.latest.get(slot).and_then(Option::as_ref) {
                 Some(c) if c.version == features.version && c.from <= t && t < c.until => {
                     values[position] = c.value.clone()
                 }
-                _ => by_window
-                    .entry(features.list[slot].window(t))
-                    .or_default()
-                    .push((position, slot)),
+                _ => to_fold.push((features.list[slot].window(t), position, slot)),
             }
         }
         let mut stats = QueryStats::default();
         let mut folded = 0;
-        if by_window.is_empty() {
+        if to_fold.is_empty() {
             return (stats, folded);
         }
+        to_fold.sort_by_key(|&(window, _, _)| window);
         let strings = self.stream.strings.read();
-        for ((lo, hi), group) in by_window {
-            let targets: Vec<usize> = group.iter().map(|&(_, slot)| slot).collect();
-            let mut accs: Vec<Acc> = targets
-                .iter()
-                .map(|&slot| features.list[slot].spec.init())
-                .collect();
+        let mut targets: Vec<usize> = Vec::with_capacity(to_fold.len());
+        let mut accs: Vec<Acc> = Vec::with_capacity(to_fold.len());
+        for group in to_fold.chunk_by(|a, b| a.0 == b.0) {
+            let (lo, hi) = group[0].0;
+            targets.clear();
+            targets.extend(group.iter().map(|&(_, _, slot)| slot));
+            accs.clear();
+            accs.extend(targets.iter().map(|&slot| features.list[slot].spec.init()));
             let mut ctx = FoldCtx {
                 features: &features.list,
                 version: features.version,
@@ -335,7 +390,7 @@ impl EntityFold<'_> {
             stats += ctx.stats;
             self.stream.note_read_bytes(ctx.summary_bytes_built);
             folded += group.len();
-            for ((position, slot), acc) in group.into_iter().zip(&accs) {
+            for (&(_, position, slot), acc) in group.iter().zip(&accs) {
                 let feature = &features.list[slot];
                 let value = feature.spec.finish(acc, &strings);
                 if self.remember {

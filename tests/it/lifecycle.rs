@@ -186,6 +186,8 @@ fn removed_features_are_gone_and_their_names_reusable() {
     db.append_json("tx", &events(3, &[NOW - 3, NOW - 2, NOW - 1], "x"))
         .unwrap();
     let sums = db.latest("c1", &["sum_rt"]).unwrap();
+    // Asked for before the removal: the query's plan is kept, and must not outlive it.
+    assert_eq!(db.latest("c1", &["n_rt"]).unwrap().values, [Value::Int(3)]);
 
     assert!(matches!(
         db.remove_features(&["n_rt", "nope"]),
