@@ -92,4 +92,17 @@ fn main() {
         took[n / 2],
         took[n * 99 / 100]
     );
+    // What one query reads, on average over the query times (outside the timed loops).
+    let (mut summaries, mut events) = (0, 0);
+    for (i, &t) in times.iter().enumerate() {
+        let (_, stats) = db
+            .as_of_with_stats(&entities[i % entities.len()], &features, t)
+            .unwrap();
+        (summaries, events) = (summaries + stats.summaries, events + stats.events);
+    }
+    println!(
+        "as_of reads per query: {:.1} tile summaries, {:.1} events",
+        summaries as f64 / times.len() as f64,
+        events as f64 / times.len() as f64
+    );
 }
