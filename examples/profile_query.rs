@@ -81,11 +81,13 @@ fn main() {
     );
     let mut rest = took[times.len()..].to_vec();
     rest.sort_by(f64::total_cmp);
-    println!(
-        "as_of, repeated (entity, time): p50 {:.1} µs, p99 {:.1} µs",
-        rest[rest.len() / 2],
-        rest[rest.len() * 99 / 100]
-    );
+    if !rest.is_empty() {
+        println!(
+            "as_of, repeated (entity, time): p50 {:.1} µs, p99 {:.1} µs",
+            rest[rest.len() / 2],
+            rest[rest.len() * 99 / 100]
+        );
+    }
     took.sort_by(f64::total_cmp);
     println!(
         "as_of: p50 {:.1} µs, p99 {:.1} µs",
