@@ -232,6 +232,38 @@ fn removed_features_are_gone_and_their_names_reusable() {
     assert_eq!(replayed.state_digest().unwrap(), digest);
 }
 
+/// Plans are kept per list of names asked for, a few hundred lists at most (then the cache
+/// starts over): a thousand lists of five names, with repeats and in every order, each
+/// answered with every name's own value, twice.
+#[test]
+fn every_list_of_names_gets_its_own_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(NOW));
+    let db = open(dir.path(), &clock, 0);
+    db.apply(&format!("{STREAM}{FEATURES}")).unwrap();
+    db.append_json("tx", &events(3, &[NOW - 3, NOW - 2, NOW - 1], "x"))
+        .unwrap();
+    let names = ["n_rt", "n_1m", "sum_rt", "sum_1m"];
+    let own: Vec<Value> = names
+        .iter()
+        .map(|name| db.as_of("c1", &[name], NOW).unwrap().values[0].clone())
+        .collect();
+    for (i, a) in own.iter().enumerate() {
+        assert!(!own[i + 1..].contains(a), "a mix-up must show: {own:?}");
+    }
+    for round in 0..2 {
+        for code in 0..1024_usize {
+            // Five names, two bits of the code each.
+            let picks: Vec<usize> = (0..5).map(|i| code >> (2 * i) & 3).collect();
+            let asked: Vec<&str> = picks.iter().map(|&p| names[p]).collect();
+            let row = db.as_of("c1", &asked, NOW).unwrap();
+            let expected: Vec<Value> = picks.iter().map(|&p| own[p].clone()).collect();
+            assert_eq!(row.values, expected, "{asked:?}, round {round}");
+            assert!(row.names.iter().eq(asked.iter()), "{asked:?}");
+        }
+    }
+}
+
 /// Readers racing removals and re-definitions (which move the other features' slots) get,
 /// for each name, that feature's own value or "unknown feature" — never another's.
 #[test]
