@@ -177,14 +177,21 @@ fn copy_log(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// A database with the stream and features above, and three entities (`c0` – `c2`) with
+/// three events each just before `NOW`.
+fn open_with_three_events(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Db {
+    let db = open(dir, clock, 0);
+    db.apply(&format!("{STREAM}{FEATURES}")).unwrap();
+    db.append_json("tx", &events(3, &[NOW - 3, NOW - 2, NOW - 1], "x"))
+        .unwrap();
+    db
+}
+
 #[test]
 fn removed_features_are_gone_and_their_names_reusable() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(NOW));
-    let db = open(dir.path(), &clock, 0);
-    db.apply(&format!("{STREAM}{FEATURES}")).unwrap();
-    db.append_json("tx", &events(3, &[NOW - 3, NOW - 2, NOW - 1], "x"))
-        .unwrap();
+    let db = open_with_three_events(dir.path(), &clock);
     let sums = db.latest("c1", &["sum_rt"]).unwrap();
     // Asked for before the removal: the query's plan is kept, and must not outlive it.
     assert_eq!(db.latest("c1", &["n_rt"]).unwrap().values, [Value::Int(3)]);
@@ -239,10 +246,7 @@ fn removed_features_are_gone_and_their_names_reusable() {
 fn every_list_of_names_gets_its_own_values() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(NOW));
-    let db = open(dir.path(), &clock, 0);
-    db.apply(&format!("{STREAM}{FEATURES}")).unwrap();
-    db.append_json("tx", &events(3, &[NOW - 3, NOW - 2, NOW - 1], "x"))
-        .unwrap();
+    let db = open_with_three_events(dir.path(), &clock);
     let names = ["n_rt", "n_1m", "sum_rt", "sum_1m"];
     let own: Vec<Value> = names
         .iter()
