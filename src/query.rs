@@ -110,9 +110,7 @@ impl PlanCache {
     fn get(&self, hash: u64, features: &[&str]) -> Option<Arc<Plan>> {
         let plans = self.plans.read();
         let plan = plans.get(&hash)?;
-        let same = plan.names.len() == features.len()
-            && plan.names.iter().zip(features).all(|(a, b)| a == b);
-        same.then(|| Arc::clone(plan))
+        plan.names.iter().eq(features).then(|| Arc::clone(plan))
     }
 
     fn insert(&self, hash: u64, plan: Arc<Plan>) {
