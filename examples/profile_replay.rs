@@ -11,7 +11,7 @@ fsdb::use_jemalloc!();
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::cpu_seconds;
+use cpu::user_and_system_seconds;
 
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
@@ -51,13 +51,16 @@ fn main() {
             std::fs::File::open(&copy).unwrap().sync_all().unwrap();
         }
     }
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let (start, (user_start, system_start)) = (Instant::now(), user_and_system_seconds());
     let db = Db::open(&target, options()).unwrap();
-    let (took, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+    let took = start.elapsed().as_secs_f64();
+    let (user, system) = user_and_system_seconds();
+    let (user, system) = (user - user_start, system - system_start);
     let records = db.open_report().replayed;
     println!(
-        "replay: {records} records in {took:.3}s = {:.0}/s; CPU {cpu:.2}s ({:.2} cores)",
+        "replay: {records} records in {took:.3}s = {:.0}/s; CPU {:.2}s ({:.2} cores; user {user:.2}s, system {system:.2}s)",
         records as f64 / took,
-        cpu / took
+        user + system,
+        (user + system) / took
     );
 }

@@ -2,7 +2,15 @@
 
 /// User and system CPU seconds of the whole process so far (every thread, finished ones
 /// too), from Linux's `/proc/self/stat`; NaN where there is none.
+#[allow(dead_code)] // not every example that includes this prints it
 pub fn cpu_seconds() -> f64 {
+    let (user, system) = user_and_system_seconds();
+    user + system
+}
+
+/// User and system CPU seconds of the whole process so far, apart ([`cpu_seconds`]).
+#[allow(dead_code)] // not every example that includes this prints them apart
+pub fn user_and_system_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The fields after the command name (which may hold spaces, inside parentheses): utime
     // and stime are the 12th and 13th of them, in clock ticks (100 a second on Linux).
@@ -14,7 +22,7 @@ pub fn cpu_seconds() -> f64 {
         .collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / 100.0,
-        _ => f64::NAN,
+        (Some(user), Some(system)) => (user / 100.0, system / 100.0),
+        _ => (f64::NAN, f64::NAN),
     }
 }
