@@ -123,17 +123,19 @@ pub(crate) fn put_unsigned(out: &mut Vec<u8>, n: u64) {
     }
 }
 
+/// Each form written with one copy of a fixed size (a marker pushed, then the bytes
+/// extended, checked the vector's room twice and copied with a call).
 #[inline(never)]
 fn put_wide_unsigned(out: &mut Vec<u8>, n: u64) {
+    let [b0, b1, b2, b3, ..] = n.to_le_bytes();
     if n <= u64::from(u16::MAX) {
-        out.push(U16_MARK);
-        out.extend_from_slice(&(n as u16).to_le_bytes());
+        out.extend_from_slice(&[U16_MARK, b0, b1]);
     } else if n <= u64::from(u32::MAX) {
-        out.push(U32_MARK);
-        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.extend_from_slice(&[U32_MARK, b0, b1, b2, b3]);
     } else {
-        out.push(U64_MARK);
-        out.extend_from_slice(&n.to_le_bytes());
+        let mut marked = [U64_MARK; 9];
+        marked[1..].copy_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&marked);
     }
 }
 
