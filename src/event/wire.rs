@@ -123,8 +123,9 @@ pub(crate) fn put_unsigned(out: &mut Vec<u8>, n: u64) {
     }
 }
 
-/// Each form written with one copy of a fixed size (a marker pushed, then the bytes
-/// extended, checked the vector's room twice and copied with a call).
+/// The wider forms of [`put_unsigned`], each written with one copy of a fixed size
+/// (pushing the marker, then extending by the bytes, checked the vector's room twice and
+/// called `memcpy`).
 #[inline(never)]
 fn put_wide_unsigned(out: &mut Vec<u8>, n: u64) {
     let [b0, b1, b2, b3, ..] = n.to_le_bytes();
