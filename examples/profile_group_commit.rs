@@ -1,6 +1,6 @@
 //! 16 threads appending single 100-byte records with Sync durability; for profiling group
-//! commit with `perf record`. `THREADS` (16) and `GATHER_US` (the default
-//! `LogOptions::group_commit_gather_us`) vary the run.
+//! commit with `perf record`. `THREADS` (16), `GATHER_US` and `SYNC_LANES` (the defaults
+//! of `LogOptions::group_commit_gather_us` and `LogOptions::sync_lanes`) vary the run.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +16,9 @@ fn main() {
                 group_commit_gather_us: std::env::var("GATHER_US")
                     .map(|t| t.parse().unwrap())
                     .unwrap_or(LogOptions::default().group_commit_gather_us),
+                sync_lanes: std::env::var("SYNC_LANES")
+                    .map(|t| t.parse().unwrap())
+                    .unwrap_or(LogOptions::default().sync_lanes),
                 ..LogOptions::default()
             },
         )

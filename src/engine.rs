@@ -1382,10 +1382,6 @@ impl Inner {
         if events.is_empty() {
             return Ok(AppendReport::default());
         }
-        // Tell the log's syncer an append is coming, so that concurrent appends share one
-        // fsync (it waits, briefly and bounded, for announced appenders to write).
-        let announced =
-            (self.options.durability == Durability::Sync).then(|| self.log.announce_append());
         // Encode every entry into one buffer, without copying the events.
         let mut buffer = Vec::with_capacity(events.len() * 64);
         let mut ends = Vec::with_capacity(events.len());
@@ -1410,6 +1406,11 @@ impl Inner {
         // I/O error, and that poisons the log.
         self.log
             .check_batch(&(0..events.len()).map(payload).collect::<Vec<_>>())?;
+        // Tell the log's syncer a write is coming, so that concurrent appends share one
+        // fsync (it waits, briefly and bounded, for announced appenders to write): now
+        // that the batch is encoded, just before the write waits its turn.
+        let sync = self.options.durability == Durability::Sync;
+        let announced = sync.then(|| self.log.announce_append());
 
         // Decide duplicates and write, in one order: an id is taken by adding it (a repeat
         // within the batch finds it added). If the write then fails, the batch's ids stay
@@ -1436,7 +1437,10 @@ impl Inner {
                 (accepted, appended.first_lsn, appended.end_lsn())
             }
         };
-        // While the log syncs: the part of applying that nothing reads.
+        // The fsync may start now, while the part of applying that nothing reads runs.
+        if sync {
+            self.log.request_durable(end_lsn);
+        }
         let columns = stream.field_types.len();
         let mut cells = Vec::with_capacity(accepted.len() * columns);
         stream.cells_into(accepted.iter().map(|&i| &events[i].values[..]), &mut cells);
@@ -1445,8 +1449,8 @@ impl Inner {
             .map(|&i| stream.slot_or_new(&events[i].entity))
             .collect();
         // Durable before visible: duplicates too wait for the original's durability.
-        if self.options.durability == Durability::Sync {
-            self.log.wait_durable(end_lsn)?;
+        if sync {
+            self.log.wait_requested(end_lsn)?;
         }
         drop(announced);
         let mut applied = Applied::default();

@@ -1,9 +1,9 @@
 //! The I/O seam: every file operation of the log goes through [`Vfs`] and [`VfsFile`].
 //!
 //! Two implementations share one contract: [`OsVfs`] (the real file system, `pwrite`,
-//! `fdatasync`, memory maps of sealed files) and, with the `sim` feature, [`sim::SimVfs`]
-//! (an in-memory file system that keeps a *written* and a *durable* image of every file,
-//! can crash at any operation and can fail any operation). The log is tested against the
+//! `fdatasync`, memory maps of sealed files) and [`sim::SimVfs`] (an in-memory file system
+//! that keeps a *written* and a *durable* image of every file, can crash at any operation
+//! and can fail any operation). The log is tested against the
 //! simulation for power loss and I/O faults and runs on the OS implementation.
 //!
 //! This module must never interpret bytes: it moves them and makes them durable.

@@ -7,7 +7,9 @@
 //!
 //! Concurrency: any number of threads may append and read. Appends are serialised on the
 //! writer lock for the `pwrite`; the `fdatasync` that makes them durable is shared by every
-//! appender waiting at that moment (group commit). Lock order: `writer` before `sync`.
+//! appender waiting at that moment (group commit), and in `Sync` mode up to
+//! `LogOptions::sync_lanes` fsyncs run at once, each through a file handle of its own.
+//! Lock order: `writer` before `sync`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -73,7 +75,13 @@ pub struct LogOptions {
     /// `Sync` only: how long the syncer may wait, in microseconds, for appenders that
     /// announced an append to write before it starts an fsync (group commit; see
     /// [`Log::announce_append`]). At most [`GROUP_COMMIT_GATHER_US_MAX`]; 0 never waits.
+    /// The syncer gathers only when no other fsync is under way.
     pub group_commit_gather_us: u32,
+    /// `Sync` only: how many fsyncs may be under way at once, 1 to [`SYNC_LANES_MAX`]. With
+    /// more than one, records written while an fsync runs need not wait for it to end
+    /// before theirs starts: the next lane fsyncs them at once (two overlapping
+    /// `fdatasync`s of one file take little longer than one).
+    pub sync_lanes: usize,
 }
 
 pub const SEGMENT_BYTES_MIN: u64 = 4 << 10;
@@ -81,6 +89,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 pub const BATCH_BYTES_MAX: u64 = 1 << 30;
 /// The longest group-commit gathering any configuration may ask for: 100 ms.
 pub const GROUP_COMMIT_GATHER_US_MAX: u32 = 100_000;
+/// The most fsyncs [`LogOptions::sync_lanes`] may let run at once.
+pub const SYNC_LANES_MAX: usize = 4;
 
 impl Default for LogOptions {
     fn default() -> Self {
@@ -95,6 +105,7 @@ impl Default for LogOptions {
             // About one small fdatasync on the development machine (130–190 µs): the
             // most a gathered fsync can add to an appender's wait.
             group_commit_gather_us: 200,
+            sync_lanes: 2,
         }
     }
 }
@@ -306,7 +317,8 @@ pub(crate) struct Shared {
 /// An open log. `Send + Sync`; share it behind an `Arc`.
 pub struct Log {
     shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    /// The background threads: the syncer's lanes (`Sync`) or the flusher (`Interval`).
+    background: Vec<JoinHandle<()>>,
     report: RecoveryReport,
 }
 
@@ -364,16 +376,16 @@ impl Log {
             options,
             _lock: lock,
         });
-        let flusher = match shared.options.durability {
+        let background = match shared.options.durability {
             Durability::Interval { interval_ms } => {
-                Some(writer::spawn_flusher(Arc::clone(&shared), interval_ms))
+                vec![writer::spawn_flusher(Arc::clone(&shared), interval_ms)]
             }
-            Durability::Sync => Some(writer::spawn_syncer(Arc::clone(&shared))),
-            Durability::NoSync => None,
+            Durability::Sync => writer::spawn_syncer(&shared),
+            Durability::NoSync => Vec::new(),
         };
         Ok(Log {
             shared,
-            flusher,
+            background,
             report: recovered.report,
         })
     }
@@ -423,6 +435,20 @@ impl Log {
     /// every waiter).
     pub fn wait_durable(&self, end: Lsn) -> Result<(), LogError> {
         writer::wait_durable(&self.shared, end)
+    }
+
+    /// Ask for every record below `end` (written by the caller) to be made durable, and
+    /// return at once: the fsync may start while the caller does other work, and then it
+    /// waits with [`Log::wait_requested`]. Counts the caller among the announced
+    /// appenders that have written (see [`Log::announce_append`]). Call it at most once
+    /// per wait; without a syncer (other modes) it does nothing.
+    pub fn request_durable(&self, end: Lsn) {
+        writer::request_durable(&self.shared, end);
+    }
+
+    /// [`Log::wait_durable`] for records asked for with [`Log::request_durable`].
+    pub fn wait_requested(&self, end: Lsn) -> Result<(), LogError> {
+        writer::wait_requested(&self.shared, end)
     }
 
     /// Make every appended record durable now (whatever the durability mode).
@@ -509,14 +535,18 @@ impl Log {
 
     fn shutdown(&mut self) -> Result<(), LogError> {
         self.shared.closing.store(true, Ordering::Release);
-        if let Some(flusher) = self.flusher.take() {
-            flusher.thread().unpark();
+        if !self.background.is_empty() {
+            for thread in &self.background {
+                thread.thread().unpark();
+            }
             {
                 // Wake the syncer under its lock, so the wake-up cannot be missed.
                 let _state = self.shared.sync.lock();
                 self.shared.sync_wanted.notify_all();
             }
-            let _ = flusher.join();
+            for thread in self.background.drain(..) {
+                let _ = thread.join();
+            }
         }
         if self.shared.poison.cause().is_some() {
             return Ok(());
@@ -559,6 +589,12 @@ fn validate_options(o: &LogOptions) -> Result<(), LogError> {
         return bad(format!(
             "group_commit_gather_us {} is above {GROUP_COMMIT_GATHER_US_MAX}",
             o.group_commit_gather_us
+        ));
+    }
+    if !(1..=SYNC_LANES_MAX).contains(&o.sync_lanes) {
+        return bad(format!(
+            "sync_lanes {} is outside 1..={SYNC_LANES_MAX}",
+            o.sync_lanes
         ));
     }
     if let Durability::Interval { interval_ms: 0 } = o.durability {

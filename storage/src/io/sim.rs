@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -76,6 +78,9 @@ struct Inode {
     written: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
+    /// Failed syncs so far (write-back errors): like Linux's per-file error sequence, each
+    /// is reported to the next sync through every handle open when it happened.
+    errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +100,8 @@ struct State {
     ops: u64,
     crash_at: Option<u64>,
     faults: Vec<(Fault, u64)>,
+    /// `sync_data` returns up to this long after it took effect ([`SimVfs::set_sync_latency`]).
+    sync_latency: Duration,
 }
 
 /// The simulated file system. Clones share one state.
@@ -107,6 +114,8 @@ pub struct SimVfs {
 struct SimFile {
     state: Arc<Mutex<State>>,
     inode: u64,
+    /// The inode's `errors` this handle has reported (at its opening: all there were).
+    errors_reported: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -188,6 +197,13 @@ impl SimVfs {
         self.state.lock().faults.push((fault, 0));
     }
 
+    /// From now on every `sync_data` returns a pseudo-random time between 0 and `max`
+    /// after it took effect, as a thread descheduled on its way out of `fdatasync` would:
+    /// concurrent syncs then return in any order, whatever the order they took effect in.
+    pub fn set_sync_latency(&self, max: Duration) {
+        self.state.lock().sync_latency = max;
+    }
+
     pub fn clear_faults(&self) {
         self.state.lock().faults.clear();
     }
@@ -226,6 +242,7 @@ impl SimVfs {
                     written: bytes.clone(),
                     durable: bytes,
                     pending: Vec::new(),
+                    errors: 0,
                 },
             );
         }
@@ -274,6 +291,33 @@ impl SimVfs {
 }
 
 /// The bytes of `inode` after a crash with `damage`.
+impl Pending {
+    /// Apply this operation to a file's bytes.
+    fn apply(&self, bytes: &mut Vec<u8>) {
+        match *self {
+            Pending::SetLen(len) => bytes.resize(len as usize, 0),
+            Pending::Write {
+                offset,
+                bytes: ref data,
+            } => {
+                let end = offset as usize + data.len();
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[offset as usize..end].copy_from_slice(data);
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) derived from `n` (splitmix64): deterministic, evenly spread.
+fn pseudo_random_unit(n: u64) -> f64 {
+    let mut z = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
+}
+
 fn surviving_bytes(inode: &Inode, damage: Damage, seed: &mut u64) -> Vec<u8> {
     let mut bytes = inode.durable.clone();
     if damage == Damage::DropUnsynced {
@@ -360,9 +404,11 @@ impl Vfs for SimVfs {
                 *state.names.get(path).ok_or_else(|| not_found(path))?
             }
         };
+        let errors_reported = AtomicU64::new(state.inodes[&inode].errors);
         Ok(Arc::new(SimFile {
             state: Arc::clone(&self.state),
             inode,
+            errors_reported,
         }))
     }
 
@@ -463,24 +509,40 @@ impl VfsFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.state.lock();
-        if let Some(kind) = state.begin(OpKind::SyncData)? {
-            // Like Linux after a failed fsync: the dirty pages may be dropped. Model the
-            // worst case: nothing of the pending writes is durable, and they are forgotten.
+        let (result, latency) = {
+            let mut state = self.state.lock();
+            let fault = state.begin(OpKind::SyncData)?;
+            let latency = state.sync_latency.mul_f64(pseudo_random_unit(state.ops));
             let inode = state
                 .inodes
                 .get_mut(&self.inode)
                 .expect("open inode exists");
+            let unreported = inode.errors > self.errors_reported.load(Ordering::Relaxed);
+            let result = match fault {
+                // Like Linux after a failed fsync: the dirty pages may be dropped. Model the
+                // worst case: nothing of the pending writes is durable, and they are
+                // forgotten (no later sync makes them durable, though reads still see them).
+                Some(kind) => {
+                    inode.errors += 1;
+                    Err(fault_error(kind))
+                }
+                // A failure through another handle, not reported through this one yet.
+                None if unreported => Err(fault_error(FaultKind::Eio)),
+                None => {
+                    for pending in &inode.pending {
+                        pending.apply(&mut inode.durable);
+                    }
+                    Ok(())
+                }
+            };
             inode.pending.clear();
-            return Err(fault_error(kind));
+            self.errors_reported.store(inode.errors, Ordering::Relaxed);
+            (result, latency)
+        };
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
         }
-        let inode = state
-            .inodes
-            .get_mut(&self.inode)
-            .expect("open inode exists");
-        inode.durable = inode.written.clone();
-        inode.pending.clear();
-        Ok(())
+        result
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

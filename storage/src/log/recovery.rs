@@ -196,6 +196,7 @@ fn recover_once(
                 // Recovery synced these bytes (`open_last`).
                 durable_offset: end,
                 buf: Vec::new(),
+                next_ticket: 0,
             };
             Ok((writer, view))
         }
@@ -276,6 +277,7 @@ fn create_active(
         next_lsn: base,
         durable_offset: end,
         buf: Vec::new(),
+        next_ticket: 0,
     };
     Ok((writer, view))
 }

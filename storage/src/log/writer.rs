@@ -7,8 +7,15 @@
 //! - `Writer::buf` holds the frames not written yet and ends at `Writer::offset`; the
 //!   readable view (`View::end_lsn`, `active_end`) covers exactly what was written;
 //! - `Writer::durable_offset` only grows within a segment and is always at a batch boundary
-//!   (it is captured under the writer lock, between batches);
-//! - after the first failed write or fsync nothing is written or acknowledged again.
+//!   (it is captured under the writer lock, between batches); it is raised before the
+//!   waiters of the fsync that made those bytes durable return, so that an appender's next
+//!   frames say its acknowledged bytes are durable;
+//! - after the first failed write or fsync nothing is written or acknowledged again;
+//! - the syncer's fsyncs take tickets in the order they capture what they cover, and
+//!   complete in ticket order: an fsync's success counts only once every earlier one has
+//!   succeeded. Each lane fsyncs through a file handle of its own, so that a write-back
+//!   error is reported to every lane's next fsync (Linux reports it once per open file
+//!   description), never swallowed by one lane while another acknowledges.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,22 +44,37 @@ pub(crate) struct Writer {
     /// its fsync ([`write_pending`]); in the other modes each batch is written at once and
     /// this is empty between batches.
     pub(crate) buf: Vec<u8>,
+    /// The ticket the next fsync of a syncer lane takes ([`SyncState::completed`]).
+    pub(crate) next_ticket: u64,
 }
 
 pub(crate) struct SyncState {
     /// One past the last LSN known durable.
     pub(crate) durable_end: Lsn,
-    /// A leader is inside `fdatasync` now.
+    /// A leader (no syncer) is inside `fdatasync` now.
     syncing: bool,
-    /// The highest end an appender is waiting for (read by the syncer thread).
+    /// The highest end an appender has asked to be made durable (read by the syncer).
     requested: Lsn,
-    /// A syncer thread serves `wait_durable` (Sync mode, while the log is open).
-    pub(crate) has_syncer: bool,
+    /// The syncer serves `wait_durable` (Sync mode, while the log is open and no lane has
+    /// failed); without it, waiters fsync as leaders.
+    has_syncer: bool,
+    /// Syncer lanes not exited yet; the last to exit clears `has_syncer`.
+    lanes_alive: usize,
     /// Appenders that announced an append ([`crate::Log::announce_append`]) and have not
     /// finished it.
     announced: usize,
-    /// Waiters that registered since the syncer last began an fsync.
+    /// Appenders that asked for durability since the syncer last began an fsync (they have
+    /// written what they ask for).
     waiting: usize,
+    /// A lane is gathering before it starts an fsync; no other lane starts meanwhile.
+    gathering: bool,
+    /// Lanes inside an fsync now.
+    in_flight: usize,
+    /// What the fsyncs begun so far were asked to cover: a request up to here needs no
+    /// new fsync.
+    started_end: Lsn,
+    /// Tickets of lane fsyncs completed (they complete in ticket order).
+    completed: u64,
 }
 
 impl SyncState {
@@ -62,14 +84,41 @@ impl SyncState {
             syncing: false,
             requested: durable_end,
             has_syncer: false,
+            lanes_alive: 0,
             announced: 0,
             waiting: 0,
+            gathering: false,
+            in_flight: 0,
+            started_end: durable_end,
+            completed: 0,
         }
     }
 
-    /// Every appender that announced an append waits for durability now.
+    /// Every appender that announced an append has written and asked for durability.
     fn gathered(&self) -> bool {
         self.waiting >= self.announced
+    }
+
+    /// Whether a lane should begin an fsync now: records were asked for that no fsync
+    /// begun so far covers, a lane is free and none is gathering.
+    fn fsync_wanted(&self, lanes: usize) -> bool {
+        self.requested > self.started_end.max(self.durable_end)
+            && self.in_flight < lanes
+            && !self.gathering
+    }
+
+    /// Count one appender's request for everything below `end` and wake a lane that can
+    /// serve it.
+    fn request(&mut self, shared: &Shared, end: Lsn) {
+        self.waiting += 1;
+        self.requested = self.requested.max(end);
+        if self.gathering {
+            if self.gathered() {
+                shared.sync_wanted.notify_all();
+            }
+        } else if self.fsync_wanted(shared.options.sync_lanes) {
+            shared.sync_wanted.notify_one();
+        }
     }
 }
 
@@ -99,9 +148,9 @@ impl Drop for Announced {
     fn drop(&mut self) {
         let mut state = self.shared.sync.lock();
         state.announced -= 1;
-        // A gathering syncer may be waiting for this appender only.
-        if !state.syncing && state.waiting > 0 && state.gathered() {
-            self.shared.sync_wanted.notify_one();
+        // A gathering lane may be waiting for this appender only.
+        if state.gathering && state.gathered() {
+            self.shared.sync_wanted.notify_all();
         }
     }
 }
@@ -229,28 +278,40 @@ fn write_pending(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Block until every LSN below `end` is durable, fsyncing as the group's leader if no
-/// fsync is under way. One fsync covers every batch written before it started.
-pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
+/// Ask the syncer, if there is one, to make every LSN below `end` durable; see
+/// [`crate::Log::request_durable`].
+pub(crate) fn request_durable(shared: &Shared, end: Lsn) {
     let mut state = shared.sync.lock();
-    let mut registered = false;
+    if state.has_syncer && state.durable_end < end {
+        state.request(shared, end);
+    }
+}
+
+/// Block until every LSN below `end` is durable, fsyncing as the group's leader if there is
+/// no syncer and no fsync is under way. One fsync covers every batch written before it
+/// started.
+pub(crate) fn wait_durable(shared: &Shared, end: Lsn) -> Result<(), LogError> {
+    wait(shared, end, false)
+}
+
+/// [`wait_durable`] for a caller that asked with [`request_durable`].
+pub(crate) fn wait_requested(shared: &Shared, end: Lsn) -> Result<(), LogError> {
+    wait(shared, end, true)
+}
+
+fn wait(shared: &Shared, end: Lsn, mut requested: bool) -> Result<(), LogError> {
+    let mut state = shared.sync.lock();
     loop {
         if state.durable_end >= end {
             return Ok(());
         }
         shared.poison.check()?;
         if state.has_syncer {
-            // The syncer fsyncs back to back while anything is waiting; ask and wait.
-            let idle = state.requested <= state.durable_end;
-            if !registered {
-                registered = true;
-                state.waiting += 1;
-            }
-            state.requested = state.requested.max(end);
-            // Wake the syncer when it sleeps for want of work, or when it gathers and
-            // everyone announced now waits; mid-fsync it looks again by itself.
-            if !state.syncing && (idle || state.gathered()) {
-                shared.sync_wanted.notify_one();
+            // The lanes fsync back to back while anything asked for is not covered; ask
+            // (once) and wait.
+            if !requested || state.requested < end {
+                requested = true;
+                state.request(shared, end);
             }
             shared.synced.wait(&mut state);
             continue;
@@ -366,64 +427,165 @@ fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
     Ok(())
 }
 
-/// The syncer of `Durability::Sync`: fsync whenever an appender waits for records that are
-/// not durable yet, back to back under load, so that the next fsync starts the moment the
-/// previous one ends and covers everything written meanwhile (group commit without a
-/// leader hand-off).
+/// The syncer of `Durability::Sync`: `LogOptions::sync_lanes` threads (lanes) that fsync
+/// whenever appenders asked for records no fsync begun so far covers, so that under load
+/// the next fsync starts the moment records are written and covers everything written
+/// meanwhile (group commit without a leader hand-off). With two lanes, records written
+/// while one fsync runs get theirs at once instead of after it.
 ///
-/// Before it starts an fsync, the syncer gathers: an fsync covers only what was written
-/// before it began, so while fewer appenders wait than have announced an append
-/// ([`crate::Log::announce_append`]; every `Log::append` in `Sync` mode does), it waits for
-/// the rest to write — at most `LogOptions::group_commit_gather_us`. One appender alone
-/// never waits (it is the only one announced), and an appender that announced and then
-/// does not write costs the others at most that bound once.
-pub(crate) fn spawn_syncer(shared: Arc<Shared>) -> JoinHandle<()> {
-    let gather = Duration::from_micros(shared.options.group_commit_gather_us.into());
-    shared.sync.lock().has_syncer = true;
-    std::thread::Builder::new()
-        .name("fsdb-log-syncer".into())
-        .spawn(move || {
-            loop {
-                {
-                    let mut state = shared.sync.lock();
-                    while state.requested <= state.durable_end {
-                        if shared.closing.load(Ordering::Acquire) {
-                            state.has_syncer = false;
-                            shared.synced.notify_all();
-                            return;
-                        }
-                        shared.sync_wanted.wait(&mut state);
-                    }
-                    let deadline = Instant::now() + gather;
-                    while !state.gathered()
-                        && !shared.closing.load(Ordering::Acquire)
-                        && !shared
-                            .sync_wanted
-                            .wait_until(&mut state, deadline)
-                            .timed_out()
-                    {}
-                    state.syncing = true;
-                    state.waiting = 0;
-                }
-                let result = sync_active(&shared);
-                let mut state = shared.sync.lock();
-                state.syncing = false;
-                let failed = result.is_err();
-                if let Ok(synced_end) = result {
-                    state.durable_end = state.durable_end.max(synced_end);
-                }
-                if failed {
-                    // Poisoned: waiters see it; later waits fall back to the leader path,
-                    // which reports the poison.
-                    state.has_syncer = false;
-                }
-                shared.synced.notify_all();
-                if failed {
-                    return;
-                }
-            }
+/// Before it starts an fsync while none is under way, a lane gathers: an fsync covers only
+/// what was written before it began, so while fewer appenders have asked than have
+/// announced an append ([`crate::Log::announce_append`]; every `Log::append` in `Sync`
+/// mode does), it waits for the rest to write — at most `LogOptions::group_commit_gather_us`.
+/// One appender alone never waits (it is the only one announced), and an appender that
+/// announced and then does not write costs the others at most that bound once.
+pub(crate) fn spawn_syncer(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let lanes = shared.options.sync_lanes;
+    {
+        let mut state = shared.sync.lock();
+        state.has_syncer = true;
+        state.lanes_alive = lanes;
+    }
+    (0..lanes)
+        .map(|lane| {
+            let shared = Arc::clone(shared);
+            std::thread::Builder::new()
+                .name(format!("fsdb-log-sync-{lane}"))
+                .spawn(move || run_lane(&shared))
+                .expect("spawning a log syncer lane")
         })
-        .expect("spawning the log syncer thread")
+        .collect()
+}
+
+/// What one lane's fsync covers: every record written before it began.
+struct Covered {
+    /// Its ticket: fsyncs complete in ticket order ([`SyncState::completed`]).
+    ticket: u64,
+    /// The segment it synced, and the bytes of it written.
+    base: Lsn,
+    offset: u64,
+    /// One past the last LSN written.
+    end: Lsn,
+}
+
+/// A lane's own handle on the active segment (see the module's invariants), opened again
+/// when the segment changes.
+type LaneFile = Option<(Lsn, Arc<dyn VfsFile>)>;
+
+fn run_lane(shared: &Shared) {
+    let lanes = shared.options.sync_lanes;
+    let gather = Duration::from_micros(shared.options.group_commit_gather_us.into());
+    let mut file: LaneFile = None;
+    loop {
+        {
+            let mut state = shared.sync.lock();
+            while !state.fsync_wanted(lanes) {
+                if shared.closing.load(Ordering::Acquire) || !state.has_syncer {
+                    return leave(shared, &mut state);
+                }
+                shared.sync_wanted.wait(&mut state);
+            }
+            if state.in_flight == 0 {
+                state.gathering = true;
+                let deadline = Instant::now() + gather;
+                while !state.gathered()
+                    && !shared.closing.load(Ordering::Acquire)
+                    && !shared
+                        .sync_wanted
+                        .wait_until(&mut state, deadline)
+                        .timed_out()
+                {}
+                state.gathering = false;
+            }
+            state.in_flight += 1;
+            state.started_end = state.started_end.max(state.requested);
+            state.waiting = 0;
+        }
+        let synced = sync_lane(shared, &mut file);
+        let mut state = shared.sync.lock();
+        state.in_flight -= 1;
+        // Records asked for while every lane was busy: another lane may start now.
+        if state.fsync_wanted(lanes) {
+            shared.sync_wanted.notify_one();
+        }
+        let ok = match synced {
+            Ok((covered, fsync)) => {
+                while state.completed != covered.ticket {
+                    shared.synced.wait(&mut state);
+                }
+                // An earlier fsync's failure poisoned the log: this one's success counts
+                // for nothing.
+                let ok = fsync.is_ok() && shared.poison.cause().is_none();
+                if ok {
+                    // Frames written from now on say these bytes are durable, before any
+                    // waiter returns (lock order: the writer before `sync`).
+                    drop(state);
+                    let mut w = shared.writer.lock();
+                    if w.base == covered.base {
+                        w.durable_offset = w.durable_offset.max(covered.offset);
+                    }
+                    drop(w);
+                    state = shared.sync.lock();
+                    state.durable_end = state.durable_end.max(covered.end);
+                }
+                state.completed += 1;
+                ok
+            }
+            Err(_) => false,
+        };
+        shared.synced.notify_all();
+        if !ok {
+            // Poisoned: waiters see it (they no longer wait for the syncer).
+            state.has_syncer = false;
+            return leave(shared, &mut state);
+        }
+    }
+}
+
+/// A lane exits; the last one leaves the waiters to fsync as leaders.
+fn leave(shared: &Shared, state: &mut SyncState) {
+    state.lanes_alive -= 1;
+    if state.lanes_alive == 0 {
+        state.has_syncer = false;
+    }
+    shared.synced.notify_all();
+    shared.sync_wanted.notify_all();
+}
+
+/// Write what appenders left pending and take a ticket under the writer lock, then fsync
+/// through the lane's own handle. `Err` if nothing was fsynced (the log is poisoned).
+fn sync_lane(
+    shared: &Shared,
+    file: &mut LaneFile,
+) -> Result<(Covered, Result<(), LogError>), LogError> {
+    let (covered, handle) = {
+        let mut w = shared.writer.lock();
+        shared.poison.check()?;
+        write_pending(shared, &mut w)?;
+        if file.as_ref().is_none_or(|(base, _)| *base != w.base) {
+            let path = child(&shared.dir, &format::segment_file_name(w.base));
+            let opened = shared
+                .vfs
+                .open_file(&path, OpenMode::ReadWrite)
+                .map_err(|source| poison(shared, "open", w.base, source))?;
+            *file = Some((w.base, opened));
+        }
+        let ticket = w.next_ticket;
+        w.next_ticket += 1;
+        let handle = Arc::clone(&file.as_ref().expect("opened above").1);
+        let covered = Covered {
+            ticket,
+            base: w.base,
+            offset: w.offset,
+            end: w.next_lsn,
+        };
+        (covered, handle)
+    };
+    shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+    let fsync = handle
+        .sync_data()
+        .map_err(|source| poison(shared, "fsync", covered.base, source));
+    Ok((covered, fsync))
 }
 
 /// The background thread of `Durability::Interval`: fsync whatever was written, every

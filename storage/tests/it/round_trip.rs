@@ -158,6 +158,18 @@ fn limits_are_enforced() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("group_commit_gather_us"), "{err}");
+    for sync_lanes in [0, fsdb_storage::log::SYNC_LANES_MAX + 1] {
+        let err = Log::open_with(
+            Arc::new(SimVfs::new()),
+            &dir(),
+            LogOptions {
+                sync_lanes,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sync_lanes"), "{err}");
+    }
 }
 
 /// A batch larger than a segment gets a segment of its own and stays readable.
