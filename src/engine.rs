@@ -1466,8 +1466,12 @@ impl Inner {
         }
         self.hand_over(applied);
         self.applied.complete(first_lsn, end_lsn);
-        // Read-your-writes also for duplicates of events another append is applying.
-        self.applied.wait_for(end_lsn);
+        // Read-your-writes: the batch's own events are applied now. A duplicate's original
+        // may belong to an earlier append still applying it: then wait for every earlier
+        // LSN (an append without duplicates does not wait for appends it did not see).
+        if accepted.len() < events.len() {
+            self.applied.wait_for(end_lsn);
+        }
         Ok(AppendReport {
             accepted: accepted.len(),
             duplicates: events.len() - accepted.len(),
