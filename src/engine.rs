@@ -819,6 +819,10 @@ impl Db {
             segment_bytes_max: options.segment_bytes_max,
             // Records the state reflects were durable: recovery must not lose them.
             durable_lsn_hint: state_lsn + 1,
+            // An append prepares its events' cells while its fsync runs and applies them
+            // after: a second fsync lane cut the wait for durability by about a third and
+            // raised ingest by 6 – 10% (docs/benchmarks.md).
+            sync_lanes: 2,
             ..LogOptions::default()
         };
         let log = Log::open_with(

@@ -80,7 +80,9 @@ pub struct LogOptions {
     /// `Sync` only: how many fsyncs may be under way at once, 1 to [`SYNC_LANES_MAX`]. With
     /// more than one, records written while an fsync runs need not wait for it to end
     /// before theirs starts: the next lane fsyncs them at once (two overlapping
-    /// `fdatasync`s of one file take little longer than one).
+    /// `fdatasync`s of one file take little longer than one). That shortens the wait of
+    /// appenders that do other work between their appends (the engine uses 2); appenders
+    /// that only append lose some grouping (default 1; docs/benchmarks.md).
     pub sync_lanes: usize,
 }
 
@@ -105,7 +107,8 @@ impl Default for LogOptions {
             // About one small fdatasync on the development machine (130–190 µs): the
             // most a gathered fsync can add to an appender's wait.
             group_commit_gather_us: 200,
-            sync_lanes: 2,
+            // Appenders that only append batch best with one: each fsync covers more.
+            sync_lanes: 1,
         }
     }
 }

@@ -14,10 +14,17 @@ const APPENDS_PER_THREAD: usize = 150;
 
 #[test]
 fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
+    for sync_lanes in [1, 2] {
+        appenders_share_fsyncs_and_lose_nothing(sync_lanes);
+    }
+}
+
+fn appenders_share_fsyncs_and_lose_nothing(sync_lanes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {
         durability: Durability::Sync,
         segment_bytes_max: 64 << 10,
+        sync_lanes,
         ..LogOptions::default()
     };
     let log = Arc::new(Log::open(dir.path(), options.clone()).unwrap());
