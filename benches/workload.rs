@@ -29,6 +29,18 @@ fsdb::use_jemalloc!();
 /// Concurrent appenders: group commit lets them share fsyncs.
 const APPENDERS: usize = 4;
 
+/// How the RocksDB peers compute their WAL's CRC-32C. librocksdb-sys compiles RocksDB with
+/// the target's features only, and RocksDB's CRC-32C runs in hardware on x86-64 only with
+/// SSE4.2 and PCLMULQDQ (`.cargo/config.toml` enables them): without them every peer put
+/// pays a software CRC, and the ratios flatter fsdb (by 5 – 10%, docs/benchmarks.md).
+const PEER_CRC32C: &str = if cfg!(not(target_arch = "x86_64")) {
+    "not checked on this architecture"
+} else if cfg!(all(target_feature = "sse4.2", target_feature = "pclmulqdq")) {
+    "in hardware (SSE4.2, PCLMULQDQ)"
+} else {
+    "IN SOFTWARE: built without SSE4.2/PCLMULQDQ, which slows the peers and flatters the ratios"
+};
+
 /// Replays of the whole log; the report gives their median (and each one's rate).
 const REPLAYS: usize = 3;
 
@@ -421,6 +433,7 @@ fn main() {
             listed.join(", ")
         );
     }
+    println!("rocksdb peers' CRC-32C: {PEER_CRC32C}");
     db.checkpoint().unwrap();
     let mut phases = vec![("ingest", rss_bytes(), db.cache_stats())];
     if freshness.as_deref() == Some("none") {

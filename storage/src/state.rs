@@ -566,3 +566,25 @@ impl StateBatch<'_> {
         self.batch.is_empty() && self.applied_lsn.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// RocksDB computes its CRC-32C (every WAL record) in hardware on x86-64 only when its
+    /// C++ is compiled with SSE4.2 and PCLMULQDQ, which librocksdb-sys asks for only when
+    /// the Rust target has them: `.cargo/config.toml` enables them. A `RUSTFLAGS` that
+    /// replaces the config builds RocksDB without them, which slows every state write and
+    /// flatters the benchmark's ratios to its RocksDB peers.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[expect(
+        clippy::assertions_on_constants,
+        reason = "a check of the build's flags, reported as a failing test, not a build error"
+    )]
+    fn rocksdb_is_built_with_hardware_crc32c() {
+        assert!(
+            cfg!(all(target_feature = "sse4.2", target_feature = "pclmulqdq")),
+            "built without SSE4.2 and PCLMULQDQ: RocksDB's CRC-32C runs in software \
+             (a RUSTFLAGS replaced .cargo/config.toml's target flags?)"
+        );
+    }
+}
