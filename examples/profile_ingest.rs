@@ -25,7 +25,11 @@ fn main() {
         .max(1);
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
-        durability: if std::env::var("FSDB_NOSYNC").is_ok() {
+        durability: if let Ok(ms) = std::env::var("FSDB_INTERVAL") {
+            Durability::Interval {
+                interval_ms: ms.parse().unwrap(),
+            }
+        } else if std::env::var("FSDB_NOSYNC").is_ok() {
             Durability::NoSync
         } else {
             Durability::Sync

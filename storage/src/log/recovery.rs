@@ -197,6 +197,7 @@ fn recover_once(
                 durable_offset: end,
                 buf: Vec::new(),
                 next_ticket: 0,
+                writeback_asked: 0,
             };
             Ok((writer, view))
         }
@@ -278,6 +279,7 @@ fn create_active(
         durable_offset: end,
         buf: Vec::new(),
         next_ticket: 0,
+        writeback_asked: 0,
     };
     Ok((writer, view))
 }

@@ -46,6 +46,9 @@ pub(crate) struct Writer {
     pub(crate) buf: Vec<u8>,
     /// The ticket the next fsync of a syncer lane takes ([`SyncState::completed`]).
     pub(crate) next_ticket: u64,
+    /// Where the active segment stood when appenders last woke the flusher for
+    /// `LogOptions::writeback_bytes` (0: not since the segment began).
+    pub(crate) writeback_asked: u64,
 }
 
 pub(crate) struct SyncState {
@@ -233,6 +236,7 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
         w.next_lsn += payloads.len() as Lsn;
         if !deferred {
             write_pending(shared, w)?;
+            ask_writeback(shared, w);
         }
         shared.stats.appends.fetch_add(1, Ordering::Relaxed);
         shared
@@ -245,6 +249,20 @@ pub(crate) fn write<P: AsRef<[u8]>>(shared: &Shared, payloads: &[P]) -> Result<A
         }
     };
     Ok(appended)
+}
+
+/// Wake the flusher if `LogOptions::writeback_bytes` of the active segment wait for an
+/// fsync (and it was not woken for them already).
+fn ask_writeback(shared: &Shared, w: &mut Writer) {
+    let threshold = shared.options.writeback_bytes;
+    let since = w.durable_offset.max(w.writeback_asked);
+    if threshold > 0
+        && w.offset - since >= threshold
+        && let Some(flusher) = shared.flusher.get()
+    {
+        w.writeback_asked = w.offset;
+        flusher.unpark();
+    }
 }
 
 /// Poison the writer after a failed `op` on the segment based at `base`; returns the error
@@ -424,6 +442,7 @@ fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), LogError> {
     w.base = new_base;
     w.offset = HEADER_BYTES as u64;
     w.durable_offset = HEADER_BYTES as u64;
+    w.writeback_asked = 0;
     Ok(())
 }
 
@@ -588,14 +607,18 @@ fn sync_lane(
     Ok((covered, fsync))
 }
 
-/// The background thread of `Durability::Interval`: fsync whatever was written, every
-/// `interval_ms`, until the log closes or is poisoned.
-pub(crate) fn spawn_flusher(shared: Arc<Shared>, interval_ms: u64) -> JoinHandle<()> {
+/// The background thread of `Durability::Interval` (and of `NoSync` with
+/// `LogOptions::writeback_bytes`): fsync whatever was written, every `interval` and
+/// whenever appenders wake it ([`ask_writeback`]), until the log closes or is poisoned.
+pub(crate) fn spawn_flusher(shared: Arc<Shared>, interval: Option<Duration>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("fsdb-log-flusher".into())
         .spawn(move || {
             while !shared.closing.load(Ordering::Acquire) {
-                std::thread::park_timeout(Duration::from_millis(interval_ms));
+                match interval {
+                    Some(interval) => std::thread::park_timeout(interval),
+                    None => std::thread::park(),
+                }
                 let end = shared.view.read().end_lsn;
                 if wait_durable(&shared, end).is_err() {
                     // Poisoned: appends report it; nothing more to do here.

@@ -182,3 +182,49 @@ fn overlapping_fsyncs_acknowledge_nothing_a_failed_one_dropped() {
         "only {failures_seen} injected failures fired"
     );
 }
+
+/// A failed background fsync of `NoSync`'s writeback poisons the log, as any failed fsync
+/// does: the next append reports it, and nothing more is written.
+#[test]
+fn a_failed_writeback_fsync_poisons_the_log() {
+    use fsdb_storage::log::WRITEBACK_BYTES_MIN;
+    use std::time::Instant;
+
+    let vfs = SimVfs::new();
+    let options = LogOptions {
+        durability: Durability::NoSync,
+        segment_bytes_max: 16 << 20,
+        writeback_bytes: WRITEBACK_BYTES_MIN,
+        ..LogOptions::default()
+    };
+    let log = open_sim(&vfs, options).unwrap();
+    vfs.inject(Fault {
+        op: OpKind::SyncData,
+        nth: 1,
+        persistent: false,
+        kind: FaultKind::Eio,
+    });
+    let batch: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 1000]).collect();
+    let mut appended = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Append until the flusher's fsync has failed (bounded by time and by the segment).
+    while log.poisoned().is_none() && Instant::now() < deadline && appended < 200 {
+        match log.append(&batch) {
+            Ok(_) => appended += 1,
+            // The flusher failed between the check and this append.
+            Err(LogError::Poisoned { .. }) => break,
+            Err(e) => panic!("append {appended} failed otherwise than poisoned: {e}"),
+        }
+        if appended * 64_000 >= 2 * WRITEBACK_BYTES_MIN as usize {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let cause = log
+        .poisoned()
+        .expect("the failed writeback fsync poisoned the log");
+    assert!(cause.contains("fsync"), "{cause}");
+    let end = log.end_lsn();
+    let err = log.append(&batch).unwrap_err();
+    assert!(matches!(err, LogError::Poisoned { .. }), "{err}");
+    assert_eq!(log.end_lsn(), end, "nothing written after the poison");
+}

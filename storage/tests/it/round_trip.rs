@@ -170,6 +170,18 @@ fn limits_are_enforced() {
         .unwrap_err();
         assert!(err.to_string().contains("sync_lanes"), "{err}");
     }
+    for writeback_bytes in [1, fsdb_storage::log::WRITEBACK_BYTES_MIN - 1] {
+        let err = Log::open_with(
+            Arc::new(SimVfs::new()),
+            &dir(),
+            LogOptions {
+                writeback_bytes,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("writeback_bytes"), "{err}");
+    }
 }
 
 /// A batch larger than a segment gets a segment of its own and stays readable.
