@@ -3,7 +3,8 @@
 //!
 //! `FSDB_SCALE` (S), `FSDB_APPENDERS` (1: one thread appending batches of 1,000 as they
 //! are generated; N > 1: the benchmark's shape, batches generated first and appended
-//! from N threads, batch i by thread i % N), `FSDB_NOSYNC` (acknowledge without fsync).
+//! from N threads, batch i by thread i % N), `FSDB_NOSYNC` (acknowledge without fsync),
+//! `FSDB_INTERVAL=ms` (acknowledge without fsync; the log fsyncs every `ms`).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +28,9 @@ fn main() {
     let options = Options {
         durability: if let Ok(ms) = std::env::var("FSDB_INTERVAL") {
             Durability::Interval {
-                interval_ms: ms.parse().unwrap(),
+                interval_ms: ms
+                    .parse()
+                    .expect("FSDB_INTERVAL is a number of milliseconds"),
             }
         } else if std::env::var("FSDB_NOSYNC").is_ok() {
             Durability::NoSync
