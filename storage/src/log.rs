@@ -47,8 +47,9 @@ pub struct Position {
 pub enum Durability {
     /// `append` returns once its records are fsynced; concurrent appenders share one fsync.
     Sync,
-    /// `append` returns after the write; a background thread fsyncs every `interval_ms`.
-    /// A crash loses at most the last interval.
+    /// `append` returns after the write; a background thread fsyncs every `interval_ms`
+    /// (and every [`LogOptions::writeback_bytes`] written). A crash loses at most the last
+    /// interval.
     Interval { interval_ms: u64 },
     /// No fsync for an append: only when sealing a segment, on close, and in the
     /// background every [`LogOptions::writeback_bytes`] written. For bulk loads and tests.
@@ -102,8 +103,9 @@ pub const BATCH_BYTES_MAX: u64 = 1 << 30;
 pub const GROUP_COMMIT_GATHER_US_MAX: u32 = 100_000;
 /// The most fsyncs [`LogOptions::sync_lanes`] may let run at once.
 pub const SYNC_LANES_MAX: usize = 4;
-/// The smallest non-zero [`LogOptions::writeback_bytes`]: below it, fsyncs would be
-/// more frequent than in `Sync` mode.
+/// The smallest non-zero [`LogOptions::writeback_bytes`]: smaller, the flusher would fsync
+/// about as often as `Sync` mode does (a batch of 1,000 small records is ~100 KiB), the
+/// cost `NoSync` and `Interval` exist to avoid.
 pub const WRITEBACK_BYTES_MIN: u64 = 64 << 10;
 
 impl Default for LogOptions {
