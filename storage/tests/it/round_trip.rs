@@ -148,39 +148,49 @@ fn limits_are_enforced() {
         )
         .is_err()
     );
-    let err = Log::open_with(
-        Arc::new(SimVfs::new()),
-        &dir(),
-        LogOptions {
-            group_commit_gather_us: fsdb_storage::log::GROUP_COMMIT_GATHER_US_MAX + 1,
-            ..LogOptions::default()
-        },
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("group_commit_gather_us"), "{err}");
-    for sync_lanes in [0, fsdb_storage::log::SYNC_LANES_MAX + 1] {
-        let err = Log::open_with(
-            Arc::new(SimVfs::new()),
-            &dir(),
+    // Each option outside its limits is refused, by name.
+    use fsdb_storage::log::{GROUP_COMMIT_GATHER_US_MAX, SYNC_LANES_MAX, WRITEBACK_BYTES_MIN};
+    let defaults = LogOptions::default;
+    let refused = [
+        (
+            "group_commit_gather_us",
             LogOptions {
-                sync_lanes,
-                ..LogOptions::default()
+                group_commit_gather_us: GROUP_COMMIT_GATHER_US_MAX + 1,
+                ..defaults()
             },
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("sync_lanes"), "{err}");
-    }
-    for writeback_bytes in [1, fsdb_storage::log::WRITEBACK_BYTES_MIN - 1] {
-        let err = Log::open_with(
-            Arc::new(SimVfs::new()),
-            &dir(),
+        ),
+        (
+            "sync_lanes",
             LogOptions {
-                writeback_bytes,
-                ..LogOptions::default()
+                sync_lanes: 0,
+                ..defaults()
             },
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("writeback_bytes"), "{err}");
+        ),
+        (
+            "sync_lanes",
+            LogOptions {
+                sync_lanes: SYNC_LANES_MAX + 1,
+                ..defaults()
+            },
+        ),
+        (
+            "writeback_bytes",
+            LogOptions {
+                writeback_bytes: 1,
+                ..defaults()
+            },
+        ),
+        (
+            "writeback_bytes",
+            LogOptions {
+                writeback_bytes: WRITEBACK_BYTES_MIN - 1,
+                ..defaults()
+            },
+        ),
+    ];
+    for (name, options) in refused {
+        let err = Log::open_with(Arc::new(SimVfs::new()), &dir(), options).unwrap_err();
+        assert!(err.to_string().contains(name), "{name}: {err}");
     }
 }
 
