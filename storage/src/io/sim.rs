@@ -290,7 +290,6 @@ impl SimVfs {
     }
 }
 
-/// The bytes of `inode` after a crash with `damage`.
 impl Pending {
     /// Apply this operation to a file's bytes.
     fn apply(&self, bytes: &mut Vec<u8>) {
@@ -318,6 +317,7 @@ fn pseudo_random_unit(n: u64) -> f64 {
     (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
 }
 
+/// The bytes of `inode` after a crash with `damage`.
 fn surviving_bytes(inode: &Inode, damage: Damage, seed: &mut u64) -> Vec<u8> {
     let mut bytes = inode.durable.clone();
     if damage == Damage::DropUnsynced {
