@@ -3,7 +3,9 @@
 //! `cargo bench --bench workload` (scale S) or `FSDB_BENCH_SCALE=M cargo bench --bench workload`;
 //! `FSDB_BENCH_FRESHNESS=1h` makes all twelve features batch features with that period;
 //! `FSDB_BENCH_FRESHNESS=none` defines the streams only and measures ingest alone (what
-//! the features add to ingest is the difference).
+//! the features add to ingest is the difference); `FSDB_BENCH_WRITERS=n` appends from `n`
+//! threads, and gives the same-events peer as many writers (default [`WRITERS_DEFAULT`]).
+//! (`benches/interleave.sh`'s `PATTERN` argument reads any line of the report.)
 //! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
 //! synced 1,000-put batches, of the same events keyed by entity and time and of RocksDB's
 //! best case (sequential keys), in [`INGEST_ROUNDS`] interleaved rounds (the medians, and
@@ -26,8 +28,21 @@ use fsdb::{Db, Durability, Event, Options, Value};
 
 fsdb::use_jemalloc!();
 
-/// Concurrent appenders: group commit lets them share fsyncs.
-const APPENDERS: usize = 4;
+/// Concurrent appenders, and the same-events peer's writers: group commit lets them share
+/// fsyncs. Four is the peer's best count on the development machine (2, 4, 8 and 16
+/// measured, docs/benchmarks.md); `FSDB_BENCH_WRITERS` overrides it for both sides.
+const WRITERS_DEFAULT: usize = 4;
+
+fn writers() -> usize {
+    match std::env::var("FSDB_BENCH_WRITERS") {
+        Ok(n) => n
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .expect("FSDB_BENCH_WRITERS is a positive number"),
+        Err(_) => WRITERS_DEFAULT,
+    }
+}
 
 /// How the RocksDB peers compute their WAL's CRC-32C. librocksdb-sys compiles RocksDB with
 /// the target's features only, and RocksDB's CRC-32C runs in hardware on x86-64 only with
@@ -171,11 +186,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Append `batches` from `APPENDERS` threads (batch i goes to thread i % APPENDERS, so each
+/// Append `batches` from [`writers`] threads (batch i goes to thread i % writers, so each
 /// thread keeps arrival order); every append is acknowledged after fsync.
 fn ingest(db: &Db, batches: &[(&'static str, Vec<Event>)]) -> (u64, Duration) {
     let start = Instant::now();
-    let accepted = workload::append_from_threads(db, batches, APPENDERS).unwrap();
+    let accepted = workload::append_from_threads(db, batches, writers()).unwrap();
     (accepted, start.elapsed())
 }
 
@@ -214,11 +229,12 @@ fn rocksdb_same_events(
     events: impl Iterator<Item = (workload::Stream, Event)>,
 ) -> (u64, Duration) {
     let (db, write) = open_peer(dir);
-    // Batch i goes to writer i % APPENDERS, as fsdb's appenders take theirs.
-    let mut by_writer: Vec<Vec<rocksdb::WriteBatch>> = (0..APPENDERS).map(|_| Vec::new()).collect();
+    // Batch i goes to writer i % writers, as fsdb's appenders take theirs.
+    let writers = writers();
+    let mut by_writer: Vec<Vec<rocksdb::WriteBatch>> = (0..writers).map(|_| Vec::new()).collect();
     let mut puts = 0u64;
     let mut events = events.peekable();
-    for writer in (0..APPENDERS).cycle() {
+    for writer in (0..writers).cycle() {
         if events.peek().is_none() {
             break;
         }
@@ -409,13 +425,17 @@ fn main() {
     );
     let fsdb_rate = median(rounds.iter().map(IngestRound::fsdb_rate).collect());
     println!(
-        "durable ingest: {accepted} events at {:.0} events/s (the median of {INGEST_ROUNDS} rounds: {} M/s)",
+        "durable ingest: {accepted} events at {:.0} events/s from {} appenders (the median of {INGEST_ROUNDS} rounds: {} M/s)",
         fsdb_rate,
+        writers(),
         in_millions(rounds.iter().map(IngestRound::fsdb_rate))
     );
     for (peer, rate) in [
         (
-            format!("the same events by (stream, entity, time), {APPENDERS} writers"),
+            format!(
+                "the same events by (stream, entity, time), {} writers",
+                writers()
+            ),
             IngestRound::same_rate as fn(&IngestRound) -> f64,
         ),
         (
