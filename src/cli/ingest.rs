@@ -1,9 +1,12 @@
 //! `fsdb ingest`: stream events from NDJSON, CSV or Parquet files into a stream, in atomic
-//! batches, in bounded memory, with a progress bar.
+//! batches, in bounded memory, with a progress bar. Parsing and appending overlap: a thread
+//! of its own appends the batches in file order while the next one is parsed.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::{Scope, ScopedJoinHandle};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,19 +109,81 @@ fn csv_cell(stream: &StreamDef, column: &str, cell: &str) -> Result<serde_json::
     })
 }
 
-/// Collects validated events into batches and appends them.
-struct Batcher<'a> {
-    db: &'a Db,
-    stream: &'a str,
+/// Batches handed to the appender and not appended yet, at most (besides the one it
+/// appends): parsing stays at most this far ahead, which bounds memory.
+const BATCHES_QUEUED_MAX: usize = 1;
+
+/// Events accepted and duplicates, of the batches appended so far.
+type Appended = (usize, usize);
+
+/// The thread that appends the parsed batches, in the order it receives them, until the
+/// channel closes or an append fails.
+struct Appender<'scope> {
+    batches: Option<SyncSender<Vec<Event>>>,
+    thread: Option<ScopedJoinHandle<'scope, anyhow::Result<Appended>>>,
+}
+
+impl<'scope> Appender<'scope> {
+    fn spawn<'env>(scope: &'scope Scope<'scope, 'env>, db: &'env Db, stream: &'env str) -> Self {
+        let (batches, received) = sync_channel(BATCHES_QUEUED_MAX);
+        let thread = scope.spawn(move || append_in_order(db, stream, received));
+        Appender {
+            batches: Some(batches),
+            thread: Some(thread),
+        }
+    }
+
+    /// Hand a batch over; `Err` (the append's) if the appender stopped on a failed append.
+    fn send(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+        let sent = self
+            .batches
+            .as_ref()
+            .expect("batches are sent before the appender finishes")
+            .send(batch);
+        if sent.is_err() {
+            // It only stops early on an error, which finishing returns.
+            self.finish()?;
+            unreachable!("an appender that stopped early returns an error");
+        }
+        Ok(())
+    }
+
+    /// Wait for every batch handed over to be appended; what they added up to.
+    fn finish(&mut self) -> anyhow::Result<Appended> {
+        self.batches = None;
+        let thread = self.thread.take().expect("an appender finishes once");
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+fn append_in_order(
+    db: &Db,
+    stream: &str,
+    batches: Receiver<Vec<Event>>,
+) -> anyhow::Result<Appended> {
+    let (mut accepted, mut duplicates) = (0, 0);
+    for batch in batches {
+        let report = db.append(stream, &batch)?;
+        accepted += report.accepted;
+        duplicates += report.duplicates;
+    }
+    Ok((accepted, duplicates))
+}
+
+/// Collects validated events into batches and hands them to the appender.
+struct Batcher<'a, 'scope> {
     def: &'a StreamDef,
     limits: EventLimits,
     skip_bad: bool,
     batch_events: usize,
     batch: Vec<Event>,
+    appender: Appender<'scope>,
     report: IngestReport,
 }
 
-impl Batcher<'_> {
+impl Batcher<'_, '_> {
     fn row(
         &mut self,
         file: &str,
@@ -141,10 +206,12 @@ impl Batcher<'_> {
                 line,
                 error,
             }),
-            Err(error) => bail!(
-                "{file}:{line}: {error} (stopped here; {} events before this batch were ingested, none of this batch)",
-                self.report.accepted
-            ),
+            Err(error) => {
+                let (accepted, _) = self.appender.finish()?;
+                bail!(
+                    "{file}:{line}: {error} (stopped here; {accepted} events before this batch were ingested, none of this batch)",
+                )
+            }
         }
         Ok(())
     }
@@ -153,11 +220,16 @@ impl Batcher<'_> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let result = self.db.append(self.stream, &self.batch)?;
-        self.report.accepted += result.accepted;
-        self.report.duplicates += result.duplicates;
-        self.batch.clear();
-        Ok(())
+        self.appender.send(std::mem::take(&mut self.batch))
+    }
+
+    /// Append what is left and wait for every append; the report.
+    fn finish(mut self) -> anyhow::Result<IngestReport> {
+        self.flush()?;
+        let (accepted, duplicates) = self.appender.finish()?;
+        self.report.accepted = accepted;
+        self.report.duplicates = duplicates;
+        Ok(self.report)
     }
 }
 
@@ -195,7 +267,7 @@ fn open_text(path: &Path, name: &str) -> anyhow::Result<(TextReader, ProgressBar
 }
 
 /// One event per line; positions in reports are line numbers.
-fn ingest_ndjson(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+fn ingest_ndjson(batcher: &mut Batcher<'_, '_>, path: &Path, name: &str) -> anyhow::Result<()> {
     let (reader, bar) = open_text(path, name)?;
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("reading {name}"))?;
@@ -234,7 +306,7 @@ pub(crate) fn csv_events<'a>(
     }))
 }
 
-fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+fn ingest_csv(batcher: &mut Batcher<'_, '_>, path: &Path, name: &str) -> anyhow::Result<()> {
     let (reader, bar) = open_text(path, name)?;
     let events =
         csv_events(reader, batcher.def).with_context(|| format!("{name}: reading the header"))?;
@@ -247,7 +319,7 @@ fn ingest_csv(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Res
 
 /// Rows of a Parquet file, one record batch at a time (memory: one batch, not the file).
 /// Positions in reports are row numbers, counted from 1.
-fn ingest_parquet(batcher: &mut Batcher<'_>, path: &Path, name: &str) -> anyhow::Result<()> {
+fn ingest_parquet(batcher: &mut Batcher<'_, '_>, path: &Path, name: &str) -> anyhow::Result<()> {
     const ROWS_PER_BATCH: usize = 8192;
     let file = File::open(path).with_context(|| format!("opening {name}"))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -305,24 +377,107 @@ pub(crate) fn ingest(
     batch_events: usize,
 ) -> anyhow::Result<IngestReport> {
     let def = db.stream_def(stream)?;
-    let mut batcher = Batcher {
-        db,
-        stream,
-        def: &def,
-        limits: EventLimits::default(),
-        skip_bad,
-        batch_events: batch_events.clamp(1, EventLimits::default().batch_events_max),
-        batch: Vec::new(),
-        report: IngestReport::default(),
-    };
-    for path in files {
-        let name = path.display().to_string();
-        match format_of(path)? {
-            Format::Ndjson => ingest_ndjson(&mut batcher, path, &name)?,
-            Format::Csv => ingest_csv(&mut batcher, path, &name)?,
-            Format::Parquet => ingest_parquet(&mut batcher, path, &name)?,
+    std::thread::scope(|scope| {
+        let mut batcher = Batcher {
+            def: &def,
+            limits: EventLimits::default(),
+            skip_bad,
+            batch_events: batch_events.clamp(1, EventLimits::default().batch_events_max),
+            batch: Vec::new(),
+            appender: Appender::spawn(scope, db, stream),
+            report: IngestReport::default(),
+        };
+        for path in files {
+            let name = path.display().to_string();
+            let read = match format_of(path) {
+                Ok(Format::Ndjson) => ingest_ndjson(&mut batcher, path, &name),
+                Ok(Format::Csv) => ingest_csv(&mut batcher, path, &name),
+                Ok(Format::Parquet) => ingest_parquet(&mut batcher, path, &name),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = read {
+                // What was handed over is appended (or failed) before the error is told.
+                if batcher.appender.thread.is_some() {
+                    batcher.appender.finish()?;
+                }
+                return Err(e);
+            }
         }
+        batcher.finish()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fsdb_storage::io::Vfs;
+    use fsdb_storage::io::sim::{Fault, FaultKind, OpKind, SimVfs};
+
+    use super::*;
+    use crate::Options;
+
+    /// An NDJSON file of `n` transactions (ids t0, t1, ...); the one at `bad` (0-based), if
+    /// any, has an amount that is not a number.
+    fn transactions(dir: &Path, n: usize, bad: Option<usize>) -> PathBuf {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                let amount = if Some(i) == bad {
+                    serde_json::json!("lots")
+                } else {
+                    serde_json::json!(i as f64)
+                };
+                serde_json::json!({"txn_id": format!("t{i}"), "card_id": "c1", "ts": 1000 + i, "amount": amount})
+                    .to_string()
+            })
+            .collect();
+        let path = dir.join("transactions.ndjson");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path
     }
-    batcher.flush()?;
-    Ok(batcher.report)
+
+    fn open(dir: &Path, log_vfs: Arc<dyn Vfs>) -> Db {
+        let options = Options {
+            log_vfs,
+            ..Options::default()
+        };
+        let db = Db::open(dir.join("data"), options).unwrap();
+        db.apply(crate::workload::DEFINITIONS).unwrap();
+        db
+    }
+
+    /// A bad row stops the ingest after every earlier batch is appended, and the message
+    /// counts them exactly (they are appended on another thread).
+    #[test]
+    fn a_bad_row_reports_every_earlier_batch_as_ingested() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), Arc::new(fsdb_storage::io::OsVfs));
+        let file = transactions(dir.path(), 11, Some(9));
+        let error = ingest(&db, "transactions", &[file], false, 2).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(":10: field \"amount\": expected float, found a string (stopped here; 8 events before this batch were ingested, none of this batch)"),
+            "{error:#}"
+        );
+        assert_eq!(db.stats().unwrap().events, 8);
+    }
+
+    /// An append that fails (here the log's second fsync) stops the ingest with its error,
+    /// however far the parsing got meanwhile.
+    #[test]
+    fn a_failed_append_stops_the_ingest_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = SimVfs::new();
+        let db = open(dir.path(), Arc::new(vfs.clone()));
+        vfs.inject(Fault {
+            op: OpKind::SyncData,
+            nth: 2,
+            persistent: false,
+            kind: FaultKind::Eio,
+        });
+        let file = transactions(dir.path(), 200, None);
+        let error = ingest(&db, "transactions", &[file], false, 2).unwrap_err();
+        assert!(format!("{error:#}").contains("fsync"), "{error:#}");
+    }
 }
