@@ -213,7 +213,17 @@ pub fn event_from_json(
             format!("expected a JSON object, found {}", json_type(json)),
         ));
     };
-    let present = |name: &str| object.get(name).filter(|v| !v.is_null());
+    event_from_fields(index, stream, |name| object.get(name), limits)
+}
+
+/// [`event_from_json`] of an object given by its lookup: the value of each field name.
+pub(crate) fn event_from_fields<'v>(
+    index: usize,
+    stream: &StreamDef,
+    get: impl Fn(&str) -> Option<&'v serde_json::Value>,
+    limits: &EventLimits,
+) -> Result<Event, EventError> {
+    let present = |name: &str| get(name).filter(|v| !v.is_null());
     let entity = present(&stream.entity)
         .ok_or_else(|| reject(index, Some(&stream.entity), "missing entity"))
         .and_then(|v| key_text(index, &stream.entity, v, limits.entity_bytes_max))?;
@@ -228,7 +238,7 @@ pub fn event_from_json(
     };
     let mut values = Vec::with_capacity(stream.fields.len());
     for (name, ty) in &stream.fields {
-        values.push(match object.get(name) {
+        values.push(match get(name) {
             None => Value::Null,
             Some(v) => field_value(index, name, *ty, v, limits)?,
         });

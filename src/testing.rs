@@ -7,7 +7,7 @@
 //! reference the differential tests compare the engine with.
 
 use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
-use crate::cli::ingest::csv_events;
+use crate::cli::ingest::{csv_event_rows, csv_events, json_row_event};
 use crate::event::{EventLimits, check_event, event_from_json};
 use crate::spine::{SpineFormat, read_spine_from};
 
@@ -91,20 +91,29 @@ pub fn check_event_json(input: &[u8]) {
 }
 
 /// A CSV file, read as events (`fsdb ingest`) and as a training-set spine: no panic; an event
-/// accepted from its CSV row passes the typed check of `append`; a spine that reads with bad
-/// rows refused reads the same with bad rows skipped, none skipped.
+/// accepted from its CSV row passes the typed check of `append`; reading the events
+/// directly (`csv_event_rows`, what `fsdb ingest` does) gives every row the same event or
+/// the same error as reading each row as a JSON object first (`csv_events`); a spine that
+/// reads with bad rows refused reads the same with bad rows skipped, none skipped.
 pub fn check_csv(input: &[u8]) {
     let stream = stream();
     let limits = EventLimits::default();
-    if let Ok(events) = csv_events(input, &stream) {
-        for (line, row) in events {
-            let Ok(json) = row else { continue };
-            if let Ok(event) = event_from_json(0, &stream, &json, &limits) {
-                check_event(0, &stream, &event, &limits).unwrap_or_else(|e| {
-                    panic!("line {line}: accepted from CSV, refused typed: {e}")
-                });
+    let direct = csv_event_rows(input, &stream, limits.clone());
+    match csv_events(input, &stream) {
+        Ok(rows) => {
+            let mut direct = direct.expect("the header reads the same both ways");
+            for (line, row) in rows {
+                let event = json_row_event(&stream, &limits, row);
+                if let Ok(event) = &event {
+                    check_event(0, &stream, event, &limits).unwrap_or_else(|e| {
+                        panic!("line {line}: accepted from CSV, refused typed: {e}")
+                    });
+                }
+                assert_eq!(direct.next(), Some((line, event)), "line {line}");
             }
+            assert_eq!(direct.next(), None, "the same rows both ways");
         }
+        Err(_) => assert!(direct.is_err(), "the header reads the same both ways"),
     }
     let spine = |skip_bad| {
         let reader = Box::new(std::io::Cursor::new(input.to_vec()));

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::arrow_cell::arrow_cell_json;
 use crate::catalog::StreamDef;
-use crate::event::{Event, event_from_json};
+use crate::event::{Event, event_from_fields, event_from_json};
 use crate::value::FieldType;
 use crate::{Db, EventLimits};
 
@@ -172,6 +172,18 @@ fn append_in_order(
     Ok((accepted, duplicates))
 }
 
+/// The event of a row given as a JSON object, or why the row is bad (the message without
+/// the event's index in its batch: the caller names the line).
+pub(crate) fn json_row_event(
+    stream: &StreamDef,
+    limits: &EventLimits,
+    row: Result<serde_json::Value, String>,
+) -> Result<Event, String> {
+    row.and_then(|json| {
+        event_from_json(0, stream, &json, limits).map_err(|e| strip_index(&e.to_string()))
+    })
+}
+
 /// Collects validated events into batches and hands them to the appender.
 struct Batcher<'a, 'scope> {
     def: &'a StreamDef,
@@ -184,16 +196,19 @@ struct Batcher<'a, 'scope> {
 }
 
 impl Batcher<'_, '_> {
+    /// Take a row given as a JSON object (NDJSON, Parquet), or why it is not one.
     fn row(
         &mut self,
         file: &str,
         line: u64,
         row: Result<serde_json::Value, String>,
     ) -> anyhow::Result<()> {
-        let event = row.and_then(|json| {
-            event_from_json(0, self.def, &json, &self.limits)
-                .map_err(|e| strip_index(&e.to_string()))
-        });
+        let event = json_row_event(self.def, &self.limits, row);
+        self.event(file, line, event)
+    }
+
+    /// Take a row's event, or why the row is bad.
+    fn event(&mut self, file: &str, line: u64, event: Result<Event, String>) -> anyhow::Result<()> {
         match event {
             Ok(event) => {
                 self.batch.push(event);
@@ -306,12 +321,44 @@ pub(crate) fn csv_events<'a>(
     }))
 }
 
+/// The events of a CSV file as [`csv_events`] and then `event_from_json` would give them,
+/// without a JSON object per record: each cell is typed by `csv_cell` in column order (the
+/// first bad cell is the row's error, as there), then the event is taken from the cells by
+/// their columns' names (the last column of a repeated name, as an object keeps the last).
+pub(crate) fn csv_event_rows<'a>(
+    reader: impl Read + 'a,
+    stream: &'a StreamDef,
+    limits: EventLimits,
+) -> csv::Result<impl Iterator<Item = (u64, Result<Event, String>)> + 'a> {
+    let mut csv = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(reader);
+    let headers = csv.headers()?.clone();
+    let columns: rustc_hash::FxHashMap<String, usize> = (headers.iter().enumerate())
+        .map(|(i, name)| (name.to_owned(), i))
+        .collect();
+    let mut cells: Vec<serde_json::Value> = Vec::with_capacity(headers.len());
+    Ok(csv.into_records().enumerate().map(move |(i, record)| {
+        let event = record
+            .map_err(|e| format!("invalid CSV: {e}"))
+            .and_then(|record| {
+                cells.clear();
+                for (column, cell) in headers.iter().zip(record.iter()) {
+                    cells.push(csv_cell(stream, column, cell)?);
+                }
+                let get = |name: &str| columns.get(name).map(|&i| &cells[i]);
+                event_from_fields(0, stream, get, &limits).map_err(|e| strip_index(&e.to_string()))
+            });
+        (i as u64 + 2, event)
+    }))
+}
+
 fn ingest_csv(batcher: &mut Batcher<'_, '_>, path: &Path, name: &str) -> anyhow::Result<()> {
     let (reader, bar) = open_text(path, name)?;
-    let events =
-        csv_events(reader, batcher.def).with_context(|| format!("{name}: reading the header"))?;
-    for (line, row) in events {
-        batcher.row(name, line, row)?;
+    let events = csv_event_rows(reader, batcher.def, batcher.limits.clone())
+        .with_context(|| format!("{name}: reading the header"))?;
+    for (line, event) in events {
+        batcher.event(name, line, event)?;
     }
     bar.finish_and_clear();
     Ok(())
