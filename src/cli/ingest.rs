@@ -299,6 +299,8 @@ fn ingest_ndjson(batcher: &mut Batcher<'_, '_>, path: &Path, name: &str) -> anyh
 /// The events of a CSV file: a header row naming the fields, then one event per record,
 /// each as its line number (the header being 1) and the JSON object `event_from_json`
 /// takes, its cells typed by the stream's schema (`csv_cell`), or why the record is bad.
+/// The definition of reading CSV: `fsdb ingest` reads with [`csv_event_rows`], which the
+/// CSV fuzz target (`testing::check_csv`) holds to this.
 pub(crate) fn csv_events<'a>(
     reader: impl Read + 'a,
     stream: &'a StreamDef,
