@@ -7,7 +7,7 @@
 //! reference the differential tests compare the engine with.
 
 use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
-use crate::cli::ingest::{csv_event_rows, csv_events, json_row_event};
+use crate::cli::ingest::{csv_event_rows, csv_events, json_row_event, ndjson_line_event};
 use crate::event::{EventLimits, check_event, event_from_json};
 use crate::spine::{SpineFormat, read_spine_from};
 
@@ -77,13 +77,23 @@ fn stream() -> StreamDef {
 }
 
 /// An event as JSON: validation never panics, and an accepted event passes the typed
-/// check that `Db::append` applies.
+/// check that `Db::append` applies; read as an NDJSON line by `fsdb ingest`
+/// (`ndjson_line_event`), text gives the same event or the same error as read as a
+/// `serde_json::Value` first.
 pub fn check_event_json(input: &[u8]) {
+    let stream = stream();
+    let limits = EventLimits::default();
+    if let Ok(line) = std::str::from_utf8(input) {
+        let row = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"));
+        assert_eq!(
+            ndjson_line_event(&stream, &limits, line),
+            json_row_event(&stream, &limits, row),
+            "an NDJSON line reads as its JSON value does"
+        );
+    }
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(input) else {
         return;
     };
-    let stream = stream();
-    let limits = EventLimits::default();
     if let Ok(event) = event_from_json(0, &stream, &json, &limits) {
         check_event(0, &stream, &event, &limits)
             .unwrap_or_else(|e| panic!("accepted from JSON, refused typed: {e}"));
