@@ -148,6 +148,15 @@ impl<'scope> Appender<'scope> {
         Ok(())
     }
 
+    /// Before an error is told: wait for what was handed over to be appended (or fail),
+    /// unless that was waited for already.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if self.thread.is_some() {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
     /// Wait for every batch handed over to be appended; what they added up to.
     fn finish(&mut self) -> anyhow::Result<Appended> {
         self.batches = None;
@@ -378,22 +387,56 @@ pub(crate) fn csv_events<'a>(
     reader: impl Read + 'a,
     stream: &'a StreamDef,
 ) -> csv::Result<impl Iterator<Item = (u64, Result<serde_json::Value, String>)> + 'a> {
+    let (headers, records) = csv_records(reader)?;
+    let mut cells = Vec::with_capacity(headers.len());
+    Ok(records.map(move |(line, record)| {
+        let row = record.and_then(|record| {
+            typed_cells(stream, &headers, &record, &mut cells)?;
+            let object = headers.iter().map(str::to_owned).zip(cells.drain(..));
+            Ok(serde_json::Value::Object(object.collect()))
+        });
+        (line, row)
+    }))
+}
+
+/// A CSV file's header, and its records with their line numbers (the header being 1), or
+/// why a record is not one; every record has as many cells as the header.
+#[allow(
+    clippy::type_complexity,
+    reason = "the header and the records, named at the callers"
+)]
+fn csv_records<R: Read>(
+    reader: R,
+) -> csv::Result<(
+    csv::StringRecord,
+    impl Iterator<Item = (u64, Result<csv::StringRecord, String>)>,
+)> {
     let mut csv = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(reader);
     let headers = csv.headers()?.clone();
-    Ok(csv.into_records().enumerate().map(move |(i, record)| {
-        let row = record
-            .map_err(|e| format!("invalid CSV: {e}"))
-            .and_then(|record| {
-                let mut object = serde_json::Map::new();
-                for (column, cell) in headers.iter().zip(record.iter()) {
-                    object.insert(column.to_owned(), csv_cell(stream, column, cell)?);
-                }
-                Ok(serde_json::Value::Object(object))
-            });
-        (i as u64 + 2, row)
-    }))
+    let records = csv.into_records().enumerate().map(|(i, record)| {
+        (
+            i as u64 + 2,
+            record.map_err(|e| format!("invalid CSV: {e}")),
+        )
+    });
+    Ok((headers, records))
+}
+
+/// A record's cells typed by `csv_cell`, in column order, into `cells` (emptied first); the
+/// first bad cell's error.
+fn typed_cells(
+    stream: &StreamDef,
+    headers: &csv::StringRecord,
+    record: &csv::StringRecord,
+    cells: &mut Vec<serde_json::Value>,
+) -> Result<(), String> {
+    cells.clear();
+    for (column, cell) in headers.iter().zip(record.iter()) {
+        cells.push(csv_cell(stream, column, cell)?);
+    }
+    Ok(())
 }
 
 /// The events of a CSV file as [`csv_events`] and then `event_from_json` would give them,
@@ -405,26 +448,18 @@ pub(crate) fn csv_event_rows<'a>(
     stream: &'a StreamDef,
     limits: EventLimits,
 ) -> csv::Result<impl Iterator<Item = (u64, Result<Event, String>)> + 'a> {
-    let mut csv = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(reader);
-    let headers = csv.headers()?.clone();
+    let (headers, records) = csv_records(reader)?;
     let columns: rustc_hash::FxHashMap<String, usize> = (headers.iter().enumerate())
         .map(|(i, name)| (name.to_owned(), i))
         .collect();
     let mut cells: Vec<serde_json::Value> = Vec::with_capacity(headers.len());
-    Ok(csv.into_records().enumerate().map(move |(i, record)| {
-        let event = record
-            .map_err(|e| format!("invalid CSV: {e}"))
-            .and_then(|record| {
-                cells.clear();
-                for (column, cell) in headers.iter().zip(record.iter()) {
-                    cells.push(csv_cell(stream, column, cell)?);
-                }
-                let get = |name: &str| columns.get(name).map(|&i| &cells[i]);
-                event_from_fields(0, stream, get, &limits).map_err(|e| strip_index(&e.to_string()))
-            });
-        (i as u64 + 2, event)
+    Ok(records.map(move |(line, record)| {
+        let event = record.and_then(|record| {
+            typed_cells(stream, &headers, &record, &mut cells)?;
+            let get = |name: &str| columns.get(name).map(|&i| &cells[i]);
+            event_from_fields(0, stream, get, &limits).map_err(|e| strip_index(&e.to_string()))
+        });
+        (line, event)
     }))
 }
 
@@ -518,10 +553,7 @@ pub(crate) fn ingest(
                 Err(e) => Err(e),
             };
             if let Err(e) = read {
-                // What was handed over is appended (or failed) before the error is told.
-                if batcher.appender.thread.is_some() {
-                    batcher.appender.finish()?;
-                }
+                batcher.appender.stop()?;
                 return Err(e);
             }
         }
