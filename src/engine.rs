@@ -927,6 +927,11 @@ impl Db {
         self.inner.append(&stream, events)
     }
 
+    /// The limits every appended event is checked against (`Options::limits`).
+    pub fn event_limits(&self) -> &EventLimits {
+        &self.inner.options.limits
+    }
+
     /// Append events given as JSON objects (see docs/semantics.md for the accepted forms).
     pub fn append_json(&self, stream: &str, events: &[serde_json::Value]) -> Result<AppendReport> {
         let stream = self.inner.stream(stream)?;

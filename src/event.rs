@@ -11,6 +11,7 @@ use crate::catalog::{Definitions, StreamDef};
 use crate::time::{TimestampMs, check_range, parse_timestamp};
 use crate::value::{FieldType, Value};
 
+pub(crate) mod json;
 pub(crate) mod wire;
 
 /// Limits on event content, named with units.

@@ -8,6 +8,7 @@
 
 use crate::catalog::{Catalog, StreamDef, filter, parse_definitions};
 use crate::cli::ingest::{csv_event_rows, csv_events, json_row_event, ndjson_line_event};
+use crate::event::json::events_from_array_text;
 use crate::event::{EventLimits, check_event, event_from_json};
 use crate::spine::{SpineFormat, read_spine_from};
 
@@ -79,7 +80,9 @@ fn stream() -> StreamDef {
 /// An event as JSON: validation never panics, and an accepted event passes the typed
 /// check that `Db::append` applies; read as an NDJSON line by `fsdb ingest`
 /// (`ndjson_line_event`), text gives the same event or the same error as read as a
-/// `serde_json::Value` first.
+/// `serde_json::Value` first; as a JSON array of events (an HTTP body: the input itself,
+/// and the input as an array's one and two elements), it gives the same events, or is
+/// refused, as read as a `serde_json::Value` first.
 pub fn check_event_json(input: &[u8]) {
     let stream = stream();
     let limits = EventLimits::default();
@@ -89,6 +92,33 @@ pub fn check_event_json(input: &[u8]) {
             ndjson_line_event(&stream, &limits, line),
             json_row_event(&stream, &limits, row),
             "an NDJSON line reads as its JSON value does"
+        );
+    }
+    // As an HTTP body, and inside one, once and twice.
+    let inside = |copies: usize| {
+        let mut body = b"[".to_vec();
+        for copy in 0..copies {
+            if copy > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(input);
+        }
+        body.push(b']');
+        body
+    };
+    for body in [input.to_vec(), inside(1), inside(2)] {
+        let general = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| event_from_json(i, &stream, item, &limits).ok())
+                .collect(),
+            _ => None,
+        };
+        assert_eq!(
+            events_from_array_text(&stream, &limits, &body),
+            general,
+            "a JSON array reads as its JSON value does"
         );
     }
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(input) else {

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::arrow_cell::arrow_cell_json;
 use crate::catalog::StreamDef;
-use crate::event::{Event, event_from_fields, event_from_json};
+use crate::event::{self, Event, event_from_fields, event_from_json};
 use crate::value::FieldType;
 use crate::{Db, EventLimits};
 
@@ -291,76 +291,21 @@ fn open_text(path: &Path, name: &str) -> anyhow::Result<(TextReader, ProgressBar
 }
 
 /// The event of one NDJSON line, as [`json_row_event`] gives it for the line read as a
-/// `serde_json::Value`, without building that object: each value is parsed as a
-/// `serde_json::Value` (by the same parser, so a line parses here exactly when it parses
-/// there), the stream's fields kept (the last of a repeated key, as an object keeps) and the
-/// others dropped. A line refused here is read again the general way, so every error is
-/// that path's. The event JSON fuzz target holds the two to each other.
+/// `serde_json::Value`: read without building that object
+/// ([`event::json::event_from_object_text`]), or, if that refuses the line, the general
+/// way, so that every error is that path's.
 pub(crate) fn ndjson_line_event(
     stream: &StreamDef,
     limits: &EventLimits,
     line: &str,
 ) -> Result<Event, String> {
-    let fields = FieldsOf { stream };
-    let mut de = serde_json::Deserializer::from_str(line);
-    let read = serde::de::DeserializeSeed::deserialize(fields, &mut de)
-        .ok()
-        .filter(|_| de.end().is_ok());
-    let event = read.and_then(|values| {
-        let get = |name: &str| values.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v);
-        event_from_fields(0, stream, get, limits).ok()
-    });
-    event.map_or_else(
+    event::json::event_from_object_text(stream, limits, line).map_or_else(
         || {
             let row = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"));
             json_row_event(stream, limits, row)
         },
         Ok,
     )
-}
-
-/// Reads a JSON object into the (key, value) pairs of the keys `stream` reads, in order.
-struct FieldsOf<'a> {
-    stream: &'a StreamDef,
-}
-
-impl FieldsOf<'_> {
-    fn reads(&self, key: &str) -> bool {
-        let stream = self.stream;
-        key == stream.entity
-            || key == stream.time
-            || stream.id.as_deref() == Some(key)
-            || stream.fields.contains_key(key)
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for FieldsOf<'_> {
-    type Value = Vec<(String, serde_json::Value)>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
-        de.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for FieldsOf<'_> {
-    type Value = Vec<(String, serde_json::Value)>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut values = Vec::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            // Every value is parsed as a `Value`, read or not: skipped ones are checked
-            // exactly as the general path checks them.
-            let value = map.next_value::<serde_json::Value>()?;
-            if self.reads(&key) {
-                values.push((key.into_owned(), value));
-            }
-        }
-        Ok(values)
-    }
 }
 
 /// One event per line; positions in reports are line numbers.

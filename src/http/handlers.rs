@@ -12,8 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::{AppState, json_response};
+use crate::catalog::StreamDef;
 use crate::error::Error;
-use crate::event::json_time;
+use crate::event::json::{event_from_object_text, events_from_array_text};
+use crate::event::{Event, EventLimits, json_time};
 use crate::export::{write_csv, write_ndjson, write_parquet};
 use crate::spine::{Passthrough, Spine};
 use crate::time::parse_timestamp;
@@ -210,35 +212,14 @@ pub(crate) async fn ingest(
     body: Bytes,
 ) -> ApiResult {
     // The path names the resource: an unknown stream is a 404 whatever the body holds.
-    state.db.stream_def(&stream).map_err(ApiError::from)?;
+    let def = state.db.stream_def(&stream).map_err(ApiError::from)?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let events: Vec<serde_json::Value> = if ndjson {
-        let text = std::str::from_utf8(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("body is not UTF-8: {e}"))
-        })?;
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| {
-                    ApiError::bad_request("invalid_json", format!("line {}: {e}", i + 1))
-                        .with("line", i + 1)
-                })
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        match parse_json::<serde_json::Value>(&body)? {
-            serde_json::Value::Array(events) => events,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    "expected a JSON array of events (or NDJSON with Content-Type: application/x-ndjson)",
-                ));
-            }
-        }
+    let events = match typed_events(&def, state.db.event_limits(), &body, ndjson) {
+        Some(events) => Batch::Typed(events),
+        None => Batch::Json(json_events(&body, ndjson)?),
     };
     if events.is_empty() {
         return Err(ApiError::bad_request(
@@ -249,7 +230,14 @@ pub(crate) async fn ingest(
     let count = events.len() as u64;
     let metrics = state.metrics.clone();
     let db = state.db.clone();
-    let result = blocking(move || db.append_json(&stream, &events).map_err(ApiError::from)).await;
+    let result = blocking(move || {
+        match &events {
+            Batch::Typed(events) => db.append(&stream, events),
+            Batch::Json(events) => db.append_json(&stream, events),
+        }
+        .map_err(ApiError::from)
+    })
+    .await;
     match result {
         Ok(report) => {
             metrics
@@ -269,6 +257,71 @@ pub(crate) async fn ingest(
             }
             Err(e)
         }
+    }
+}
+
+/// An ingest body's events, typed (the fast lane) or as JSON values (the general path).
+enum Batch {
+    Typed(Vec<Event>),
+    Json(Vec<serde_json::Value>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Typed(events) => events.len(),
+            Batch::Json(events) => events.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The events of an ingest body read without a JSON object per event
+/// ([`crate::event::json`]), or `None` if any of it is not a valid event: the body is then
+/// read the general way ([`json_events`], `Db::append_json`), which names the error.
+fn typed_events(
+    def: &StreamDef,
+    limits: &EventLimits,
+    body: &[u8],
+    ndjson: bool,
+) -> Option<Vec<Event>> {
+    if !ndjson {
+        return events_from_array_text(def, limits, body);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| event_from_object_text(def, limits, line))
+        .collect()
+}
+
+/// An ingest body's events as JSON values: a JSON array, or NDJSON.
+fn json_events(body: &Bytes, ndjson: bool) -> Result<Vec<serde_json::Value>, ApiError> {
+    if ndjson {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("body is not UTF-8: {e}"))
+        })?;
+        return text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line).map_err(|e| {
+                    ApiError::bad_request("invalid_json", format!("line {}: {e}", i + 1))
+                        .with("line", i + 1)
+                })
+            })
+            .collect();
+    }
+    match parse_json::<serde_json::Value>(body)? {
+        serde_json::Value::Array(events) => Ok(events),
+        _ => Err(ApiError::bad_request(
+            "invalid_json",
+            "expected a JSON array of events (or NDJSON with Content-Type: application/x-ndjson)",
+        )),
     }
 }
 

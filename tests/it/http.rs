@@ -348,6 +348,56 @@ fn every_endpoint_answers_like_the_library() {
 }
 
 /// Every malformed request gets a 4xx JSON error, and the server keeps serving.
+/// An ingest body is read without a JSON object per event while every event is good, and
+/// the general way otherwise: a bad event still refuses its whole body, named by index and
+/// field, in either format, and nothing of the body is appended.
+#[test]
+fn a_bad_event_refuses_its_whole_body_and_is_named() {
+    let server = Server::start(loopback());
+    let http = agent();
+    let good = r#"{"id": "g", "card": "c9", "ts": 9000000, "amount": 1.5}"#;
+    let bad = r#"{"id": "h", "card": "c9", "ts": 9100000, "amount": "12"}"#;
+    let post = |content_type: &str, body: &str| {
+        answer(
+            http.post(server.url("/v1/streams/tx/events"))
+                .header("content-type", content_type)
+                .send(body),
+        )
+    };
+    for (content_type, body) in [
+        ("application/json", format!("[{good}, {bad}]")),
+        ("application/x-ndjson", format!("{good}\n\n{bad}\n")),
+    ] {
+        let (status, json) = post(content_type, &body);
+        assert_eq!(status, 400, "{content_type}: {json}");
+        let error = &json["error"];
+        assert_eq!(
+            (&error["code"], &error["index"], &error["field"]),
+            (&json!("invalid_event"), &json!(1), &json!("amount")),
+            "{content_type}: {json}"
+        );
+        assert_eq!(
+            error["message"],
+            "event 1, field \"amount\": expected float, found a string"
+        );
+    }
+    let none = server
+        .db
+        .as_of("c9", &["n_1h"], 9_200_000)
+        .unwrap()
+        .to_json();
+    assert_eq!(
+        none["features"]["n_1h"], 0,
+        "nothing of a refused body is appended"
+    );
+    let (status, json) = post("application/json", &format!("[{good}]"));
+    assert_eq!(
+        (status, json),
+        (200, json!({"accepted": 1, "duplicates": 0})),
+        "the good event was not taken before"
+    );
+}
+
 #[test]
 fn malformed_input_is_always_a_4xx() {
     let server = Server::start(ServeConfig {
