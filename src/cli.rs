@@ -47,14 +47,17 @@ enum Command {
     /// Remove features: their definitions and state go, and their names may be defined
     /// again (differently). Events stay in the log and serve every other feature.
     Remove {
+        /// The names of the features to remove.
         #[arg(required = true)]
         features: Vec<String>,
     },
     /// Append events from NDJSON (.ndjson, .jsonl, .json), CSV (.csv) or Parquet (.parquet)
     /// files; `-` reads NDJSON from stdin.
     Ingest {
+        /// The stream the events belong to (defined with `fsdb apply`).
         #[arg(long)]
         stream: String,
+        /// Files to read, in order; the format is taken from each one's extension.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Skip (and report) bad rows instead of stopping at the first one.
@@ -66,6 +69,7 @@ enum Command {
     },
     /// Print an entity's feature values: latest, or as of a time.
     Get {
+        /// The entity (the value of its stream's entity field).
         entity: String,
         /// Comma-separated feature names (default: every feature).
         #[arg(long, value_delimiter = ',')]
@@ -80,6 +84,7 @@ enum Command {
         /// Limit the --verify comparison to these features.
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
+        /// Compare the live state with a fresh replay instead of rebuilding it.
         #[arg(long)]
         verify: bool,
     },
@@ -90,15 +95,19 @@ enum Command {
     /// of its time. Spine: .csv, .ndjson or .parquet; output by extension: .parquet, .csv
     /// or .ndjson.
     TrainingSet {
+        /// The spine: one row per (entity, time) to compute the features for.
         #[arg(long)]
         spine: PathBuf,
+        /// Where to write the training set (replaced if it exists).
         #[arg(long)]
         out: PathBuf,
         /// Comma-separated feature names (default: every feature).
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
+        /// The spine's entity column.
         #[arg(long, default_value = "entity")]
         entity_column: String,
+        /// The spine's time column (epoch ms or RFC 3339).
         #[arg(long, default_value = "ts")]
         time_column: String,
         /// Skip (and report) spine rows with no entity or a bad time instead of failing.
@@ -118,25 +127,32 @@ enum Command {
         /// events span 30 days from there.
         #[arg(long)]
         start: Option<String>,
+        /// The directory to write the files into (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
     /// Serve the HTTP API (docs/http-api.md) until SIGINT/SIGTERM.
     Serve {
+        /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// A file holding the bearer token clients must send (or set FSDB_TOKEN); required
         /// unless listening on a loopback address.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// The largest request body accepted, in bytes (larger: 413).
         #[arg(long, default_value_t = 16 << 20)]
         body_bytes_max: usize,
+        /// Requests handled at once; past it, requests are refused with 503.
         #[arg(long, default_value_t = 256)]
         concurrency_max: usize,
+        /// Time allowed for a request's headers, in milliseconds.
         #[arg(long, default_value_t = 5_000)]
         header_read_timeout_ms: u64,
+        /// Time allowed for a request's body, in milliseconds.
         #[arg(long, default_value_t = 30_000)]
         body_timeout_ms: u64,
+        /// Time allowed for handling a request once read, in milliseconds.
         #[arg(long, default_value_t = 300_000)]
         handler_timeout_ms: u64,
     },
