@@ -217,27 +217,28 @@ pub(crate) async fn ingest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let events = match typed_events(&def, state.db.event_limits(), &body, ndjson) {
-        Some(events) => Batch::Typed(events),
-        None => Batch::Json(json_events(&body, ndjson)?),
-    };
-    if events.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "the batch holds no events",
-        ));
-    }
-    let count = events.len() as u64;
     let metrics = state.metrics.clone();
     let db = state.db.clone();
-    let result = blocking(move || {
-        match &events {
+    // Reading the body is work in proportion to it (up to `body_bytes_max`): on the
+    // blocking pool with the append, not on an async worker that lookups wait for.
+    let (count, result) = blocking(move || {
+        let events = match typed_events(&def, db.event_limits(), &body, ndjson) {
+            Some(events) => Batch::Typed(events),
+            None => Batch::Json(json_events(&body, ndjson)?),
+        };
+        if events.is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_batch",
+                "the batch holds no events",
+            ));
+        }
+        let appended = match &events {
             Batch::Typed(events) => db.append(&stream, events),
             Batch::Json(events) => db.append_json(&stream, events),
-        }
-        .map_err(ApiError::from)
+        };
+        Ok((events.len() as u64, appended.map_err(ApiError::from)))
     })
-    .await;
+    .await?;
     match result {
         Ok(report) => {
             metrics
