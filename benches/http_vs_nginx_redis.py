@@ -36,6 +36,10 @@ assert len(PAYLOAD) == 64, len(PAYLOAD)
 DAY_MS = 86_400_000
 
 
+# The ingest requests (shared with benches/http_ingest.sh).
+INGEST_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http_ingest.lua")
+
+
 def run(*args, **kwargs):
     return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs).stdout
 
@@ -96,30 +100,6 @@ math.randomseed(2)
 request = function()
   local t = {start_ms} + math.random(0, {end_ms - start_ms})
   return wrk.format("GET", "/v1/features?entity=cust" .. math.random(1, {ENTITIES}) .. "&names={names}&as_of=" .. t)
-end
-""")
-    # 16 distinct bodies of 1,000 click events each, stamped near now; clicks have no id,
-    # so every event is accepted (nothing is deduplicated away).
-    with open(os.path.join(work, "ingest.lua"), "w") as f:
-        f.write("""
-local bodies = {}
-init = function(args)
-  math.randomseed(3)
-  local now = os.time() * 1000
-  for b = 1, 16 do
-    local events = {}
-    for i = 1, 1000 do
-      events[i] = string.format('{"user_id":"cust%d","ts":%d,"page":"/p/%d","dwell_ms":%d}',
-        math.random(1, 10000), now - math.random(0, 60000), math.random(1, 200), math.random(1, 60000))
-    end
-    bodies[b] = "[" .. table.concat(events, ",") .. "]"
-  end
-end
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format("POST", "/v1/streams/clicks/events",
-    {["Content-Type"] = "application/json"}, bodies[(n % 16) + 1])
 end
 """)
 
@@ -199,7 +179,7 @@ http {{
                 fsdb_url, connections, "as_of.lua", work)
         for connections in (1, 4):
             results[("fsdb ingest, 1,000-event batches", connections)] = wrk(
-                fsdb_url, connections, "ingest.lua", work)
+                fsdb_url, connections, INGEST_SCRIPT, work)
         with urllib.request.urlopen(f"{fsdb_url}/healthz", timeout=10) as response:
             health = json.load(response)
 
