@@ -6,8 +6,10 @@ Usage: python3 benches/fsync_after_write.py [DIR] [ROUNDS]
 
 Each round writes WRITES records of WRITE_BYTES one after another (a log's batches), each
 followed by an fdatasync, into a file that is:
-  - append:    empty: every write grows the file, so every fdatasync also commits the
-               file system's journal (the new size and blocks);
+  - append:    empty: every write grows the file, so every fdatasync also writes the
+               inode (the new size and blocks; or commits the journal, where there is one);
+  - sparse:    sized first with ftruncate (a hole): the size no longer changes, but every
+               write still allocates blocks;
   - fallocate: allocated with posix_fallocate first (unwritten extents on ext4);
   - zeros:     written with zeros and synced first, so the writes land on blocks that
                are allocated and written, as in a segment prepared the way PostgreSQL
@@ -32,6 +34,9 @@ def run(path, mode):
             zeros = bytes(ZERO_CHUNK)
             for at in range(0, total, ZERO_CHUNK):
                 os.pwrite(fd, zeros, at)
+            os.fsync(fd)
+        elif mode == "sparse":
+            os.ftruncate(fd, total)
             os.fsync(fd)
         elif mode == "fallocate":
             os.posix_fallocate(fd, 0, total)
@@ -61,7 +66,7 @@ def main():
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     path = os.path.join(directory, "fsync_after_write.tmp")
     for _ in range(rounds):
-        for mode in ("append", "fallocate", "zeros"):
+        for mode in ("append", "sparse", "fallocate", "zeros"):
             print(mode.ljust(10), run(path, mode))
 
 
