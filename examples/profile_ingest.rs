@@ -15,7 +15,7 @@ fsdb::use_jemalloc!();
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::cpu_seconds;
+use cpu::{cpu_seconds, minor_faults, user_and_system_seconds};
 
 fn main() {
     let spec = WorkloadSpec::by_name(&std::env::var("FSDB_SCALE").unwrap_or("S".into())).unwrap();
@@ -49,13 +49,19 @@ fn main() {
         workload::append_events(&db, events, 1000).unwrap();
     } else {
         let batches = workload::batches(events, 1000);
-        let (cpu_now, start_now) = (cpu_seconds(), Instant::now());
+        let ((user, system), faults) = (user_and_system_seconds(), minor_faults());
+        let start_now = Instant::now();
         workload::append_from_threads(&db, &batches, appenders).unwrap();
         let wall = start_now.elapsed().as_secs_f64();
+        let (user_now, system_now) = user_and_system_seconds();
         println!(
-            "ingest, {appenders} appenders: {:.0} k events/s, {wall:.2}s, CPU {:.2}s",
+            "ingest, {appenders} appenders: {:.0} k events/s, {wall:.2}s, CPU {:.2}s \
+             (user {:.2}s, system {:.2}s), {:.0} k page faults",
             count as f64 / wall / 1e3,
-            cpu_seconds() - cpu_now
+            user_now - user + system_now - system,
+            user_now - user,
+            system_now - system,
+            (minor_faults() - faults) / 1e3
         );
     }
     println!(

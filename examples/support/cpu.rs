@@ -26,3 +26,18 @@ pub fn user_and_system_seconds() -> (f64, f64) {
         _ => (f64::NAN, f64::NAN),
     }
 }
+
+/// Minor page faults of the whole process so far (pages the kernel had to find and zero),
+/// from `/proc/self/stat`; NaN where there is none.
+#[allow(dead_code)] // not every example that includes this prints it
+pub fn minor_faults() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // minflt is the 8th field after the command name.
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
