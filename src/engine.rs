@@ -870,6 +870,11 @@ impl Db {
         });
         report.state_lsn = state_lsn;
         report.replayed = inner.replay_log(state_lsn + 1)?;
+        if report.replayed > 0 {
+            // The state store writes without a WAL: what it holds only in memtables a
+            // crash takes back. Flushed now, a crash soon after does not replay it again.
+            inner.state.flush()?;
+        }
         let checkpointer = {
             let inner = Arc::clone(&inner);
             std::thread::Builder::new()

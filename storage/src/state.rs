@@ -6,9 +6,12 @@
 //! every read. `applied_lsn` lives in the `meta` table and is only ever written inside the
 //! same [`StateBatch`] as the state it describes.
 //!
-//! The state store is a cache of a fold over the log: it is written without its own fsync
-//! (RocksDB's WAL makes each batch atomic; a lost tail of batches is recovered by replaying
-//! the log from the `applied_lsn` that survived). Bulk loads (a replay's rows) go another
+//! The state store is a cache of a fold over the log: it is written without RocksDB's WAL
+//! and without its own fsync. A batch is atomic in the memtables; the tables are flushed
+//! together (`atomic_flush`), so whatever survives a crash is the store as of one batch
+//! boundary, with the `applied_lsn` of that boundary, and the batches lost with the
+//! memtables are recovered by replaying the log from it. (With the WAL every event's row
+//! was written to disk once more, by the checkpoint itself.) Bulk loads (a replay's rows) go another
 //! way: a [`SortedRun`] writes rows in key order to a file of RocksDB's table format, which
 //! [`StateStore::ingest`] adds to the store whole, bypassing the WAL and the memtable; the
 //! `applied_lsn` that covers them is committed in a batch after.
@@ -175,6 +178,10 @@ impl StateStore {
         db_options.set_max_open_files(256);
         db_options.set_keep_log_file_num(2);
         db_options.increase_parallelism(2);
+        // Writes skip the WAL (the log is the durable record): flushing every table at
+        // once is what keeps a crash from leaving `applied_lsn` ahead of, or behind, the
+        // rows it covers.
+        db_options.set_atomic_flush(true);
         remove_run_files(path).map_err(|source| StateError::Io {
             path: path.to_path_buf(),
             source,
@@ -363,7 +370,7 @@ impl StateStore {
         }
         let mut write = WriteOptions::default();
         // The log is the durable record; see the module documentation.
-        write.set_sync(false);
+        write.disable_wal(true);
         self.db
             .write_opt(batch.batch, &write)
             .map_err(|e| self.rocks(e))
@@ -409,15 +416,15 @@ impl StateStore {
             .map_err(|e| self.rocks(e))
     }
 
-    /// Flush memtables and the WAL to disk (at close, and before a state directory swap).
+    /// Flush the memtables of every table to disk, together (at close, and before a state
+    /// directory swap).
     pub fn flush(&self) -> Result<(), StateError> {
-        self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
-        for table in Table::ALL {
-            self.db
-                .flush_cf(self.cf(table))
-                .map_err(|e| self.rocks(e))?;
-        }
-        Ok(())
+        let tables = Table::ALL.map(|table| self.cf(table));
+        let mut options = rocksdb::FlushOptions::default();
+        options.set_wait(true);
+        self.db
+            .flush_cfs_opt(&tables, &options)
+            .map_err(|e| self.rocks(e))
     }
 
     /// Approximate bytes of memory RocksDB holds: memtables, table readers (index and

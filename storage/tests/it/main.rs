@@ -9,3 +9,4 @@ mod lock;
 mod power_loss;
 mod round_trip;
 mod sorted_runs;
+mod state_crash;
