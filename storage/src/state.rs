@@ -11,10 +11,13 @@
 //! together (`atomic_flush`), so whatever survives a crash is the store as of one batch
 //! boundary, with the `applied_lsn` of that boundary, and the batches lost with the
 //! memtables are recovered by replaying the log from it. (With the WAL every event's row
-//! was written to disk once more, by the checkpoint itself.) Bulk loads (a replay's rows) go another
-//! way: a [`SortedRun`] writes rows in key order to a file of RocksDB's table format, which
-//! [`StateStore::ingest`] adds to the store whole, bypassing the WAL and the memtable; the
-//! `applied_lsn` that covers them is committed in a batch after.
+//! was written to disk once more, by the checkpoint itself.)
+//!
+//! Bulk loads (a replay's rows) go another way: a [`SortedRun`] writes rows in key order to
+//! a file of RocksDB's table format, which [`StateStore::ingest`] adds to the store whole,
+//! bypassing the memtable; the `applied_lsn` that covers them is committed in a batch
+//! after (a crash between the two replays them again, which applying allows: it is
+//! idempotent).
 
 use std::path::{Path, PathBuf};
 
