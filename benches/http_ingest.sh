@@ -19,24 +19,16 @@ if [[ $format != json && $format != ndjson ]]; then
     exit 2
 fi
 port=18791
+source "$(dirname "$0")/serve.sh"
 work=$(mktemp -d "${TMPDIR:-/tmp}/fsdb-http-ingest.XXXXXX")
-server=
 cleanup() {
-    if [[ -n $server ]]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
+    stop_fsdb
     rm -rf "$work"
 }
 trap cleanup EXIT
 "$fsdb" generate --scale demo --spine-rows 1 --out "$work/files" >/dev/null
 "$fsdb" --data "$work/data" apply "$work/files/definitions.toml" >/dev/null
-"$fsdb" --data "$work/data" serve --listen "127.0.0.1:$port" 2>/dev/null &
-server=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-    sleep 0.1
-done
+serve_fsdb "$fsdb" "$work/data" "$port"
 out=$(wrk -t1 -c"$connections" -d"${seconds}s" -s "$(dirname "$0")/http_ingest.lua" \
     "http://127.0.0.1:$port" -- "$format")
 if grep -q "Non-2xx\|Socket errors" <<<"$out"; then

@@ -12,27 +12,22 @@ set -euo pipefail
 fsdb=${1:-target/release/fsdb}
 seconds=${2:-5}
 port=18792
+source "$(dirname "$0")/serve.sh"
 work=$(mktemp -d "${TMPDIR:-/tmp}/fsdb-lookup-ingest.XXXXXX")
-server=
 poster=
 cleanup() {
-    for pid in $poster $server; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    if [[ -n $poster ]]; then
+        kill "$poster" 2>/dev/null || true
+        wait "$poster" 2>/dev/null || true
+    fi
+    stop_fsdb
     rm -rf "$work"
 }
 trap cleanup EXIT
 "$fsdb" generate --scale demo --spine-rows 1 --out "$work/files" >/dev/null
-export FSDB_DATA="$work/data"
-"$fsdb" apply "$work/files/definitions.toml" >/dev/null
-"$fsdb" ingest --stream clicks "$work/files/clicks.csv" >/dev/null
-"$fsdb" serve --listen "127.0.0.1:$port" 2>/dev/null &
-server=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
-    sleep 0.1
-done
+"$fsdb" --data "$work/data" apply "$work/files/definitions.toml" >/dev/null
+"$fsdb" --data "$work/data" ingest --stream clicks "$work/files/clicks.csv" >/dev/null
+serve_fsdb "$fsdb" "$work/data" "$port"
 python3 - "$port" "$seconds" >"$work/posted" <<'PY' &
 import http.client, json, random, sys, time
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
