@@ -16,7 +16,7 @@ use std::sync::Arc;
 mod os;
 pub mod sim;
 
-pub use os::OsVfs;
+pub use os::{LOCK_WAIT, OsVfs};
 
 /// How [`Vfs::open_file`] opens a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,8 @@ pub trait Vfs: Send + Sync + Debug {
     /// The whole content of a file that is no longer written (a sealed segment).
     fn map_readonly(&self, path: &Path) -> io::Result<FileBytes>;
     /// Take an exclusive lock on `dir` (creating the lock file `name` in it); a second
-    /// holder, in this process or another, gets `ErrorKind::WouldBlock`.
+    /// holder, in this process or another, gets `ErrorKind::WouldBlock` (on the real file
+    /// system after waiting [`LOCK_WAIT`] for the lock to be let go).
     fn lock_dir(&self, dir: &Path, name: &str) -> io::Result<Box<dyn DirLock>>;
 }
 

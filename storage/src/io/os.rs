@@ -5,6 +5,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{DirLock, FileBytes, OpenMode, Vfs, VfsFile};
 use crate::map;
@@ -15,6 +16,15 @@ pub struct OsVfs;
 
 #[derive(Debug)]
 struct OsFile(File);
+
+/// How long [`OsVfs::lock_dir`] keeps trying a lock held elsewhere before it gives up. A
+/// lock let go a moment ago can still be held: a child process shares its parent's open
+/// files from `fork` to `exec`, and with them the lock of a database another thread has
+/// just closed. (Closing a database and opening it again at once failed so, now and then,
+/// while other threads spawned processes.)
+pub const LOCK_WAIT: Duration = Duration::from_millis(200);
+/// Between two tries of a held lock.
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 struct OsDirLock {
@@ -74,10 +84,16 @@ impl Vfs for OsVfs {
             .create(true)
             .truncate(false)
             .open(dir.join(name))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Box::new(OsDirLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
-            Err(TryLockError::Error(e)) => Err(e),
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Box::new(OsDirLock { _file: file })),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY_INTERVAL);
+                }
+                Err(TryLockError::WouldBlock) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use fsdb_storage::io::LOCK_WAIT;
+use fsdb_storage::log::LOCK_FILE;
 use fsdb_storage::{Log, LogError, LogOptions};
 
 const CHILD_ENV: &str = "FSDB_STORAGE_LOCK_CHILD_DIR";
@@ -54,4 +56,35 @@ fn child_tries_to_open() {
         Err(LogError::Locked { .. }) => println!("child: locked"),
         Err(e) => println!("child: error {e}"),
     }
+}
+
+/// A lock let go within `LOCK_WAIT` is taken rather than refused: a child process can hold
+/// a closed log's lock for a moment (it shares its parent's open files until it `exec`s).
+#[test]
+fn a_lock_let_go_within_the_wait_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::fs::File::create(dir.path().join(LOCK_FILE)).unwrap();
+    holder.lock().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(LOCK_WAIT / 4);
+        drop(holder);
+    });
+    let log = Log::open(dir.path(), LogOptions::default());
+    release.join().unwrap();
+    log.expect("the lock, let go within the wait, is taken");
+}
+
+/// A lock held for longer is refused once the wait is over.
+#[test]
+fn a_lock_held_past_the_wait_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::fs::File::create(dir.path().join(LOCK_FILE)).unwrap();
+    holder.lock().unwrap();
+    let started = std::time::Instant::now();
+    let err = Log::open(dir.path(), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Locked { .. }), "{err}");
+    assert!(
+        started.elapsed() >= LOCK_WAIT,
+        "refused only after the wait"
+    );
 }
