@@ -66,7 +66,7 @@ fn a_lock_let_go_within_the_wait_is_taken() {
     let holder = std::fs::File::create(dir.path().join(LOCK_FILE)).unwrap();
     holder.lock().unwrap();
     let release = std::thread::spawn(move || {
-        std::thread::sleep(LOCK_WAIT / 4);
+        std::thread::sleep(LOCK_WAIT / 8);
         drop(holder);
     });
     let log = Log::open(dir.path(), LogOptions::default());
