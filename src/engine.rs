@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use fsdb_storage::codec;
 use fsdb_storage::io::{DirLock, OsVfs, Vfs, create_dir_durably};
-use fsdb_storage::state::key::{KeyBuf, KeyReader};
+use fsdb_storage::state::key::KeyReader;
 use fsdb_storage::state::{StateOptions, StateStore, Table};
 use fsdb_storage::{Durability, Log, LogOptions, Lsn};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -35,8 +35,8 @@ use crate::event::{
     Event, EventLimits, LogEntry, RowChunk, check_event_typed, event_from_json, wire,
 };
 use crate::time::{Clock, SystemClock};
-use crate::value::{FieldType, Value};
 
+mod checkpoint;
 pub(crate) mod chunk;
 pub(crate) mod entity;
 pub(crate) mod feature;
@@ -44,12 +44,14 @@ pub(crate) mod ids;
 pub(crate) mod materialize;
 pub(crate) mod page;
 mod replay;
+mod stream;
 pub(crate) mod strings;
 
-use entity::EntityRun;
+use checkpoint::{Dirty, unpack_ids};
+pub(crate) use stream::{Cached, EntitySlot, EntityState, StreamState, history_in_memory};
+
 use feature::CompiledFeature;
 use ids::{IdSet, IdSetBuilder};
-use strings::{Interner, StringTable};
 
 /// How to open a database. Every limit is named with its unit.
 #[derive(Clone, Debug)]
@@ -103,9 +105,6 @@ const STATE_DIR: &str = "state";
 const CATALOG_KEY: &[u8] = b"catalog";
 /// The LSN of the last definitions or removal record the persisted catalog reflects.
 const CATALOG_LSN_KEY: &[u8] = b"catalog_lsn";
-/// Entity maps are sharded to spread lock contention between appenders.
-const ENTITY_SHARDS: usize = 16;
-
 /// What opening a database did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -187,124 +186,6 @@ impl std::fmt::Debug for Db {
 pub(crate) struct FeatureSet {
     pub(crate) list: Vec<Arc<CompiledFeature>>,
     pub(crate) version: u64,
-}
-
-/// An entity's run in memory, and which of its events are not yet in the state store.
-///
-/// An append to an entity that is not in memory does not read its history: it makes a
-/// *partial* state (`history_loaded == false`) that holds only the events appended since,
-/// in `unpersisted` alone, and only until a checkpoint has persisted them, so that ingest
-/// touching many cold entities costs one copy of the unpersisted events. Invariant: every
-/// event of the entity is committed to the state store or in `unpersisted` (a checkpoint
-/// removes the rows it wrote only after its commit). The first reader completes a partial
-/// state by merging the two ([`StreamState::lock_loaded`]); only complete states are folded.
-pub(crate) struct EntityState {
-    /// Complete: every event of the entity. Partial: empty.
-    pub(crate) run: EntityRun,
-    /// The events applied and not yet committed to the state store, which the next
-    /// checkpoint encodes from here (for a complete state, copies of rows of `run`), in
-    /// the order they were applied: concurrent appends interleave their batches, and
-    /// keeping this page sorted moved every later row for each earlier event (the
-    /// checkpoint sorts its copy). Rows leave only from the front, after a commit.
-    unpersisted: page::Page,
-    /// Complete: `run` holds the persisted history and everything applied since.
-    history_loaded: bool,
-    /// Values computed by `latest` and the batch materialiser, by feature slot, each with
-    /// the query times it holds for; an inserted event drops or shortens the ones it
-    /// changes ([`Cached::after_insert`]).
-    pub(crate) latest: Vec<Option<Cached>>,
-    /// Set whenever the entity is locked; cleared by the evictor (CLOCK).
-    touched: bool,
-}
-
-impl EntityState {
-    /// A state for appends only: no history read (see the type's documentation).
-    fn partial(columns: usize) -> EntityState {
-        EntityState {
-            run: EntityRun::new(columns),
-            unpersisted: page::Page::new(columns),
-            history_loaded: false,
-            latest: Vec::new(),
-            touched: true,
-        }
-    }
-
-    /// Approximate heap bytes (for the cache budget).
-    fn heap_bytes(&self) -> usize {
-        self.run.heap_bytes()
-            + self.unpersisted.heap_bytes()
-            + self.latest.len() * std::mem::size_of::<Option<Cached>>()
-    }
-}
-
-/// A feature value, valid for every query time in `[from, until)` while the stream's
-/// features (`version`) stay the same and no event at or before `horizon` is added.
-///
-/// A realtime value as of `t` depends on the events up to `t`, so one remembered for
-/// `[from, until)` has `horizon = until - 1`; a batch value depends only on the events up to
-/// its period start, so `horizon = from` and events after the period start (the common case
-/// under ingest) leave it in place.
-#[derive(Clone, Debug)]
-pub(crate) struct Cached {
-    pub(crate) version: u64,
-    pub(crate) from: i64,
-    pub(crate) until: i64,
-    pub(crate) horizon: i64,
-    pub(crate) value: Value,
-}
-
-impl Cached {
-    /// Keep what stays exact after an event at `time` is inserted: query times from
-    /// `time` on may see the event, earlier ones do not. `false`: the value must go.
-    pub(crate) fn after_insert(&mut self, time: i64) -> bool {
-        debug_assert!(self.horizon < self.until);
-        if time <= self.from {
-            return false;
-        }
-        if time <= self.horizon {
-            self.until = time;
-            self.horizon = time - 1;
-        }
-        true
-    }
-}
-
-/// `None` while the entity is being loaded from the state store.
-pub(crate) type EntitySlot = Arc<Mutex<Option<EntityState>>>;
-
-/// A field value of a validated event as the engine stores it: 8 raw bytes, or null.
-/// (Replay converts decoded values itself, checking each against its field's type.)
-fn cell(value: &Value, strings: &mut Interner<'_>) -> Option<u64> {
-    match value {
-        Value::Null => None,
-        Value::Int(i) => Some(*i as u64),
-        Value::Float(f) => Some(f.to_bits()),
-        Value::String(s) => Some(u64::from(strings.intern(s).0)),
-        Value::Bool(b) => Some(u64::from(*b)),
-        Value::List(_) => unreachable!("validated events carry no lists"),
-    }
-}
-
-/// An entity with unpersisted events, for the next checkpoint.
-struct Dirty {
-    stream: Arc<StreamState>,
-    name: Box<str>,
-    slot: EntitySlot,
-}
-
-/// A registered stream and the in-memory state of its entities.
-pub(crate) struct StreamState {
-    pub(crate) id: u32,
-    pub(crate) def: StreamDef,
-    pub(crate) field_types: Vec<FieldType>,
-    pub(crate) strings: StringTable,
-    pub(crate) features: RwLock<FeatureSet>,
-    /// Entities present in memory (`None` while being loaded).
-    entities: Vec<RwLock<FxHashMap<Box<str>, EntitySlot>>>,
-    /// Bytes that reads brought into memory since the last eviction pass (entities read
-    /// from the state store, tile summaries computed by queries): reads can grow memory
-    /// between checkpoints (`Inner::after_reads`).
-    loaded_bytes: AtomicUsize,
 }
 
 /// Streams and features by name.
@@ -427,22 +308,6 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
-/// `stream · entity · first LSN` — the key of a chunk of an entity's rows.
-fn chunk_key(stream: u32, entity: &str, first_lsn: Lsn) -> Vec<u8> {
-    KeyBuf::with_capacity(4 + 2 + entity.len() + 8)
-        .u32(stream)
-        .bytes(entity.as_bytes())
-        .u64(first_lsn)
-        .into_vec()
-}
-
-fn entity_prefix(stream: u32, entity: &str) -> Vec<u8> {
-    KeyBuf::new()
-        .u32(stream)
-        .bytes(entity.as_bytes())
-        .into_vec()
-}
-
 /// The identity of an accepted event id: a 128-bit hash of (stream, id). Collisions among
 /// 10^10 ids have probability below 10^-18.
 fn dedup_hash(stream: u32, id: &str) -> u128 {
@@ -459,257 +324,6 @@ fn dedup_hash(stream: u32, id: &str) -> u128 {
     hasher.update(&stream.to_be_bytes());
     hasher.update(id.as_bytes());
     hasher.digest128()
-}
-
-impl StreamState {
-    fn new(id: u32, def: StreamDef) -> StreamState {
-        StreamState {
-            id,
-            field_types: def.field_types(),
-            def,
-            strings: StringTable::default(),
-            features: RwLock::new(FeatureSet {
-                list: Vec::new(),
-                version: 0,
-            }),
-            entities: (0..ENTITY_SHARDS)
-                .map(|_| RwLock::new(FxHashMap::default()))
-                .collect(),
-            loaded_bytes: AtomicUsize::new(0),
-        }
-    }
-
-    fn shard(&self, entity: &str) -> &RwLock<FxHashMap<Box<str>, EntitySlot>> {
-        let hash = xxhash_rust::xxh3::xxh3_64(entity.as_bytes());
-        &self.entities[(hash % ENTITY_SHARDS as u64) as usize]
-    }
-
-    /// The cells of each row of values, appended to `cells` (strings interned under one
-    /// read lock of the stream's table, taken once for all the rows).
-    fn cells_into<'v>(
-        &self,
-        rows: impl IntoIterator<Item = &'v [Value]>,
-        cells: &mut Vec<Option<u64>>,
-    ) {
-        let mut strings = self.strings.interner();
-        for values in rows {
-            cells.extend(values.iter().map(|v| cell(v, &mut strings)));
-        }
-    }
-
-    /// The entity's slot, if it is in memory or the state store holds rows of it (a query
-    /// must not fill memory with entities that do not exist).
-    pub(crate) fn entity(&self, name: &str, store: &StateStore) -> Result<Option<EntitySlot>> {
-        let shard = self.shard(name);
-        if let Some(slot) = shard.read().get(name) {
-            return Ok(Some(Arc::clone(slot)));
-        }
-        let prefix = entity_prefix(self.id, name);
-        if store.scan_prefix(Table::Events, &prefix).next().is_none() {
-            return Ok(None);
-        }
-        Ok(Some(self.slot_or_new(name)))
-    }
-
-    /// The entity's slot; an entity not yet in memory gets one, loaded on first lock (an
-    /// empty slot reads as an entity without events: appends make their entities so).
-    fn slot_or_new(&self, name: &str) -> EntitySlot {
-        let shard = self.shard(name);
-        if let Some(slot) = shard.read().get(name) {
-            return Arc::clone(slot);
-        }
-        Arc::clone(
-            shard
-                .write()
-                .entry(name.into())
-                .or_insert_with(|| Arc::new(Mutex::new(None))),
-        )
-    }
-
-    /// Lock an entity's slot with its whole history in memory: read from the state store on
-    /// first use, merged with the events appended to a partial state.
-    pub(crate) fn lock_loaded<'a>(
-        &self,
-        slot: &'a EntitySlot,
-        name: &str,
-        store: &StateStore,
-    ) -> Result<parking_lot::MappedMutexGuard<'a, EntityState>> {
-        let mut guard = slot.lock();
-        match guard.as_mut() {
-            None => *guard = Some(self.load(name, store)?),
-            Some(state) if !state.history_loaded => {
-                let mut loaded = self.load(name, store)?;
-                // Events both persisted and unpersisted (a checkpoint in flight, or a
-                // replayed event persisted again) are inserted once.
-                let rows = &state.unpersisted;
-                for row in 0..rows.len() {
-                    loaded
-                        .run
-                        .insert(rows.time(row), rows.lsn(row), &rows.row_cells(row));
-                }
-                state.run = loaded.run;
-                state.history_loaded = true;
-            }
-            Some(_) => {}
-        }
-        Ok(parking_lot::MutexGuard::map(guard, |s| {
-            let state = s.as_mut().expect("loaded above");
-            debug_assert!(state.history_loaded);
-            state.touched = true;
-            state
-        }))
-    }
-
-    /// Lock an entity's slot to append to it: a state not in memory is made partial, without
-    /// reading the entity's history.
-    fn lock_for_append<'a>(
-        &self,
-        slot: &'a EntitySlot,
-    ) -> parking_lot::MappedMutexGuard<'a, EntityState> {
-        let columns = self.field_types.len();
-        parking_lot::MutexGuard::map(slot.lock(), |s| {
-            let state = s.get_or_insert_with(|| EntityState::partial(columns));
-            state.touched = true;
-            state
-        })
-    }
-
-    /// Drop the entity's state from memory if it is partial, holds no unpersisted event
-    /// and nobody else holds it (as `evict` decides, under the shard's write lock).
-    fn forget_spent_partial(&self, name: &str) {
-        let mut map = self.shard(name).write();
-        let spent = map.get(name).is_some_and(|slot| {
-            droppable(slot).is_some_and(|guard| guard.as_ref().is_some_and(|s| !s.history_loaded))
-        });
-        if spent {
-            map.remove(name);
-        }
-    }
-
-    /// Bytes of the entities in memory (those locked right now are not counted).
-    fn held_bytes(&self) -> usize {
-        self.entities
-            .iter()
-            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
-            .filter_map(|slot| {
-                slot.try_lock()
-                    .and_then(|g| g.as_ref().map(EntityState::heap_bytes))
-            })
-            .sum()
-    }
-
-    /// Drop entities from memory until the stream holds at most `target` bytes, or no
-    /// entity can go. An entity goes only if all its events are persisted, nobody holds it
-    /// (the map's `Arc` is the only one, checked under the shard's write lock, so no query
-    /// or append can be about to use it), and it was not used since the previous sweep.
-    /// A sweep that leaves the stream over `target` (every entity was used: a working set
-    /// larger than the budget) is followed by a second, which drops those not used since
-    /// the first: the budget holds, at the price of reading hot entities back.
-    /// Returns how many entities it dropped.
-    fn evict(&self, target: usize) -> usize {
-        let mut evicted = 0;
-        let mut held = self.held_bytes();
-        for _sweep in 0..2 {
-            if held <= target {
-                break;
-            }
-            for shard in &self.entities {
-                let mut map = shard.write();
-                map.retain(|_, slot| {
-                    if held <= target {
-                        return true;
-                    }
-                    let Some(mut guard) = droppable(slot) else {
-                        return true;
-                    };
-                    let state = guard.as_mut().expect("droppable entities are loaded");
-                    if std::mem::take(&mut state.touched) {
-                        return true;
-                    }
-                    held = held.saturating_sub(state.heap_bytes());
-                    evicted += 1;
-                    false
-                });
-            }
-        }
-        evicted
-    }
-
-    /// Run `visit` on every entity whose history is in memory (not those being loaded, nor
-    /// partial ones), leaving its place in the eviction order (the CLOCK mark) as it was.
-    pub(crate) fn for_each_resident(&self, mut visit: impl FnMut(&mut EntityState)) {
-        for shard in &self.entities {
-            let slots: Vec<EntitySlot> = shard.read().values().cloned().collect();
-            for slot in slots {
-                let mut guard = slot.lock();
-                if let Some(state) = guard.as_mut().filter(|s| s.history_loaded) {
-                    let touched = state.touched;
-                    visit(state);
-                    state.touched = touched;
-                }
-            }
-        }
-    }
-
-    /// Drop one entity from memory now if it can go (see `droppable`), whether or not it
-    /// was used recently: for readers that know they will not come back to it soon
-    /// (a training-set sweep of an entity that was not resident before it).
-    pub(crate) fn forget(&self, name: &str) -> bool {
-        let mut map = self.shard(name).write();
-        let can_go = map.get(name).is_some_and(|slot| droppable(slot).is_some());
-        if can_go {
-            map.remove(name);
-        }
-        can_go
-    }
-
-    /// Read an entity's persisted chunks into a run. Chunks may overlap after a crash
-    /// between a checkpoint and the next (a replayed event is persisted twice); inserting
-    /// by (time, LSN) drops the repeats.
-    fn load(&self, name: &str, store: &StateStore) -> Result<EntityState> {
-        let mut run = EntityRun::new(self.field_types.len());
-        let prefix = entity_prefix(self.id, name);
-        let mut cells = Vec::new();
-        for item in store.scan_prefix(Table::Events, &prefix) {
-            let (key, value) = item?;
-            let chunk: RowChunk = codec::decode(&value).map_err(|e| Error::BadStateRow {
-                key: key.to_vec(),
-                reason: e.to_string(),
-            })?;
-            for (time, lsn, values) in &chunk.rows {
-                if values.len() != self.field_types.len() {
-                    return Err(Error::BadStateRow {
-                        key: key.to_vec(),
-                        reason: format!(
-                            "a row has {} values for {} fields",
-                            values.len(),
-                            self.field_types.len()
-                        ),
-                    });
-                }
-                cells.clear();
-                self.cells_into([&values[..]], &mut cells);
-                run.insert(*time, *lsn, &cells);
-            }
-        }
-        run.shrink_to_fit();
-        let state = EntityState {
-            run,
-            unpersisted: page::Page::new(self.field_types.len()),
-            history_loaded: true,
-            latest: Vec::new(),
-            touched: true,
-        };
-        self.note_read_bytes(state.heap_bytes());
-        Ok(state)
-    }
-
-    /// Count `bytes` that a read brought into memory towards the next eviction pass.
-    pub(crate) fn note_read_bytes(&self, bytes: usize) {
-        if bytes > 0 {
-            self.loaded_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
 }
 
 impl Registry {
@@ -1110,25 +724,6 @@ impl Drop for Db {
     }
 }
 
-/// Whether the entity's whole history is in memory (not absent, loading or partial).
-pub(crate) fn history_in_memory(slot: &EntitySlot) -> bool {
-    slot.lock()
-        .as_ref()
-        .is_some_and(|state| state.history_loaded)
-}
-
-/// An entity slot's lock if the entity may leave memory: it is loaded, all its events are
-/// persisted, and nobody holds it (the map's `Arc` is the only one; callers hold the shard's
-/// write lock, so no query or append can be about to take it).
-fn droppable(slot: &EntitySlot) -> Option<parking_lot::MutexGuard<'_, Option<EntityState>>> {
-    if Arc::strong_count(slot) > 1 {
-        return None;
-    }
-    let guard = slot.try_lock()?;
-    let state = guard.as_ref()?;
-    (state.unpersisted.len() == 0).then_some(guard)
-}
-
 /// **The one apply.** Insert one event into its entity's state (locked by the caller) and
 /// keep it for the next checkpoint; `false`, and no change, if the state already has it.
 /// Ingest ([`Inner::apply_prepared`]) and replay (`replay::Owned::apply`) both come here;
@@ -1149,82 +744,6 @@ fn apply_to(state: &mut EntityState, time_ms: i64, lsn: Lsn, cells: &[Option<u64
         }
     }
     new
-}
-
-/// A checkpoint with this many dirty entities encodes them on two threads.
-const PARALLEL_ENCODE_ENTITIES_MIN: usize = 512;
-
-/// Copy each entity's unpersisted rows (under its lock), sort them and encode them as
-/// chunks of at most `CHUNK_ROWS_MAX` rows, each keyed by its smallest LSN. Returns the
-/// entities with how many rows were encoded, and the chunks.
-#[allow(clippy::type_complexity, reason = "two lists, named at the caller")]
-fn encode_unpersisted(dirty: Vec<Dirty>) -> (Vec<(Dirty, usize)>, Vec<(Vec<u8>, Vec<u8>)>) {
-    let mut written = Vec::with_capacity(dirty.len());
-    let mut chunks = Vec::with_capacity(dirty.len());
-    for entity in dirty {
-        let rows = {
-            let guard = entity.slot.lock();
-            let state = guard.as_ref().expect("dirty entities are in memory");
-            state.unpersisted.clone()
-        };
-        let rows = rows.into_sorted();
-        for_each_chunk(
-            &entity.stream,
-            &entity.name,
-            &rows,
-            0..rows.len(),
-            |key, view| {
-                chunks.push((key, view.encode()));
-                Ok(())
-            },
-        )
-        .expect("pushing cannot fail");
-        written.push((entity, rows.len()));
-    }
-    (written, chunks)
-}
-
-/// Cut an entity's rows (`entity_rows` of `rows`, sorted by (time, LSN)) into chunks of at
-/// most `CHUNK_ROWS_MAX` rows, each keyed by its smallest LSN, and hand each key and chunk
-/// to `take`, in key order; stops at `take`'s first error.
-fn for_each_chunk(
-    stream: &StreamState,
-    entity: &str,
-    rows: &page::Page,
-    entity_rows: std::ops::Range<usize>,
-    mut take: impl FnMut(Vec<u8>, chunk::ChunkView<'_>) -> Result<()>,
-) -> Result<()> {
-    let strings = stream.strings.read();
-    for (first, range) in chunks_in_key_order(entity_rows, |row| rows.lsn(row)) {
-        let view = chunk::ChunkView {
-            rows,
-            range,
-            types: &stream.field_types,
-            strings: &strings,
-        };
-        take(chunk_key(stream.id, entity, first), view)?;
-    }
-    Ok(())
-}
-
-/// An entity's rows (`rows`, sorted by (time, LSN), `lsn` giving each one's) cut into
-/// chunks of at most `CHUNK_ROWS_MAX` rows, each with the LSN it is keyed by (its
-/// smallest), in key order.
-fn chunks_in_key_order(
-    rows: std::ops::Range<usize>,
-    lsn: impl Fn(usize) -> Lsn,
-) -> Vec<(Lsn, std::ops::Range<usize>)> {
-    let end = rows.end;
-    let mut chunks: Vec<(Lsn, std::ops::Range<usize>)> = rows
-        .step_by(chunk::CHUNK_ROWS_MAX)
-        .map(|start| {
-            let range = start..(start + chunk::CHUNK_ROWS_MAX).min(end);
-            let first = range.clone().map(&lsn).min();
-            (first.expect("chunk ranges are not empty"), range)
-        })
-        .collect();
-    chunks.sort_unstable_by_key(|(first, _)| *first);
-    chunks
 }
 
 /// What opening reads from the state store before replaying the log's tail.
@@ -1293,28 +812,6 @@ fn reset_state(state_dir: &Path, options: &StateOptions) -> Result<StateStore> {
         std::fs::remove_dir_all(state_dir).map_err(io("remove", state_dir))?;
     }
     Ok(StateStore::open(state_dir, options)?)
-}
-
-/// A dedup chunk: accepted id hashes, 16 bytes each, little-endian.
-fn pack_ids(ids: &[u128]) -> Vec<u8> {
-    // (A `flat_map` over the arrays cost ~70 instructions an id, this loop a few.)
-    let mut packed = Vec::with_capacity(ids.len() * 16);
-    for id in ids {
-        packed.extend_from_slice(&id.to_le_bytes());
-    }
-    packed
-}
-
-fn unpack_ids<'a>(key: &[u8], value: &'a [u8]) -> Result<impl Iterator<Item = u128> + 'a> {
-    if !value.len().is_multiple_of(16) {
-        return Err(Error::BadStateRow {
-            key: key.to_vec(),
-            reason: "dedup chunk is not a whole number of 16-byte hashes".into(),
-        });
-    }
-    Ok(value
-        .chunks_exact(16)
-        .map(|b| u128::from_le_bytes(b.try_into().expect("16 bytes"))))
 }
 
 impl Inner {
@@ -1542,202 +1039,6 @@ impl Inner {
             self.wake.notify_all();
         }
     }
-
-    /// The key of a new chunk of accepted ids (each chunk is written once).
-    fn new_id_chunk_key(&self) -> Vec<u8> {
-        let number = self.next_id_chunk.fetch_add(1, Ordering::Relaxed);
-        KeyBuf::new().u64(number).into_vec()
-    }
-
-    /// Persist every applied event not yet in the state store, with `applied_lsn`.
-    pub(crate) fn checkpoint(&self) -> Result<()> {
-        let _one_at_a_time = self.checkpointing.lock();
-        // Everything at or below the watermark was handed over before it was marked
-        // applied, so it is in the lists taken below (and possibly more: applying is
-        // idempotent, so persisting events past the watermark is harmless).
-        let watermark = self.applied.end() - 1;
-        let dirty = std::mem::take(&mut *self.dirty.lock());
-        let ids = std::mem::take(&mut *self.pending_ids.lock());
-        let catalog = {
-            let mut registry = self.registry.write();
-            let dirty = std::mem::take(&mut registry.catalog_dirty);
-            dirty.then(|| {
-                let json = serde_json::to_vec(&registry.catalog).expect("catalog serializes");
-                (json, registry.catalog_lsn)
-            })
-        };
-        if dirty.is_empty()
-            && ids.is_empty()
-            && catalog.is_none()
-            && self.state.applied_lsn()? == watermark
-        {
-            return Ok(());
-        }
-        // Encode each dirty entity's unpersisted rows, copied under its lock and sorted
-        // outside it, as chunks of at most CHUNK_ROWS_MAX rows, each keyed by its smallest
-        // LSN. The rows stay in `unpersisted` (for a partial state, the only place they are
-        // in memory) until the commit; then the rows written, the first ones, are removed,
-        // whatever was appended after them meanwhile (checkpoints run one at a time, and
-        // an entity is listed once: appends list it only when they find it clean).
-        let (written, chunks) = if dirty.len() < PARALLEL_ENCODE_ENTITIES_MIN {
-            encode_unpersisted(dirty)
-        } else {
-            // Half each on two threads (a backlog of ingest; a replay writes its own).
-            let mut first = dirty;
-            let second = first.split_off(first.len() / 2);
-            let (mut a, b) = std::thread::scope(|scope| {
-                let b = scope.spawn(|| encode_unpersisted(second));
-                (
-                    encode_unpersisted(first),
-                    b.join().expect("checkpoint encoder panicked"),
-                )
-            });
-            a.0.extend(b.0);
-            a.1.extend(b.1);
-            a
-        };
-        let events: usize = written.iter().map(|&(_, rows)| rows).sum();
-        // In key order: RocksDB's memtable inserts a key next to the one before it cheaply,
-        // a key elsewhere by a search from the top of its skip list.
-        let mut chunks = chunks;
-        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let result = (|| {
-            // Events are applied only after their log write; make those writes durable
-            // before state that reflects them is (in NoSync and Interval modes).
-            self.log.sync()?;
-            // Keys, values, their checksums and RocksDB's few bytes per write.
-            let bytes: usize = chunks.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
-            let mut batch = self
-                .state
-                .batch_with_capacity(bytes + ids.len() * 16 + 4096);
-            for (key, value) in &chunks {
-                batch.put(Table::Events, key, value);
-            }
-            if !ids.is_empty() {
-                batch.put(Table::Dedup, &self.new_id_chunk_key(), &pack_ids(&ids));
-            }
-            if let Some((catalog, catalog_lsn)) = &catalog {
-                batch.put(Table::Meta, CATALOG_KEY, catalog);
-                batch.put(Table::Meta, CATALOG_LSN_KEY, &catalog_lsn.to_be_bytes());
-            }
-            batch.set_applied_lsn(watermark);
-            self.state.commit(batch)?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                self.unpersisted_events.fetch_sub(
-                    events.min(self.unpersisted_events.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-                // An entity that received events while this checkpoint ran stays dirty (its
-                // appends saw `unpersisted` non-empty and did not list it again).
-                let mut still_dirty = Vec::new();
-                let mut spent = Vec::new();
-                for (entity, rows) in written {
-                    let mut guard = entity.slot.lock();
-                    let state = guard.as_mut().expect("dirty entities are in memory");
-                    state.unpersisted.remove_first(rows);
-                    let left = state.unpersisted.len() > 0;
-                    let partial = !state.history_loaded;
-                    drop(guard);
-                    if left {
-                        still_dirty.push(entity);
-                    } else if partial {
-                        spent.push((entity.stream, entity.name));
-                    }
-                }
-                self.dirty.lock().extend(still_dirty);
-                // A partial state exists to hold unpersisted events: with none left it holds
-                // nothing (an entity not in memory is the same), so it leaves memory now
-                // rather than at the next eviction pass.
-                for (stream, name) in spent {
-                    stream.forget_spent_partial(&name);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing left `unpersisted`: the entities go back on the list for the next
-                // attempt.
-                self.dirty
-                    .lock()
-                    .extend(written.into_iter().map(|(entity, _)| entity));
-                self.pending_ids.lock().extend(ids);
-                if catalog.is_some() {
-                    self.registry.write().catalog_dirty = true;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// After a read of `stream`: once reads have brought an eighth of `cache_bytes_max` into
-    /// memory since the last eviction pass, wake the checkpointer for one now rather than at
-    /// its next interval, so that a burst of reads of cold entities cannot outgrow the
-    /// budget by much.
-    pub(crate) fn after_reads(&self, stream: &StreamState) {
-        if stream.loaded_bytes.load(Ordering::Relaxed) > self.options.cache_bytes_max / 8 {
-            self.wake.notify_all();
-        }
-    }
-
-    /// Keep the entities in memory within `cache_bytes_max`: each stream gives up its
-    /// share of the excess, coldest entities first.
-    fn evict(&self) {
-        let _one_at_a_time = self.evicting.lock();
-        let streams = self.registry.read().streams.clone();
-        for stream in &streams {
-            stream.loaded_bytes.store(0, Ordering::Relaxed);
-        }
-        let held: Vec<usize> = streams.iter().map(|s| s.held_bytes()).collect();
-        let total: usize = held.iter().sum();
-        let budget = self.options.cache_bytes_max;
-        if total <= budget {
-            return;
-        }
-        // Aim below the budget so that the next pass has room.
-        let target = budget / 10 * 9;
-        for (stream, bytes) in streams.iter().zip(held) {
-            let share = (bytes as u128 * target as u128 / total as u128) as usize;
-            let evicted = stream.evict(share);
-            self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
-        }
-    }
-
-    fn run_checkpointer(&self) {
-        let interval = Duration::from_millis(self.options.checkpoint_interval_ms.max(1));
-        loop {
-            {
-                let mut shutdown = self.shutdown.lock();
-                if *shutdown {
-                    return;
-                }
-                self.wake.wait_for(&mut shutdown, interval);
-                if *shutdown {
-                    return;
-                }
-            }
-            // The log holds everything; a failed checkpoint is retried by the next one (or
-            // replayed on reopen), and reported by `Db::health`.
-            let result = self.checkpoint();
-            if result.is_ok() {
-                self.evict();
-            }
-            *self.checkpoint_error.lock() = result.err().map(|e| e.to_string());
-        }
-    }
-}
-
-#[cfg(test)]
-impl StreamState {
-    /// A stream `s` (entity `k`, time `ts`) with one field `v` of the given type.
-    fn for_test(id: u32, field_type: &str) -> StreamState {
-        let toml = format!(
-            "[[stream]]\nname = \"s\"\nentity = \"k\"\ntime = \"ts\"\n[stream.fields]\nv = \"{field_type}\"\n"
-        );
-        let definitions = crate::catalog::parse_definitions(&toml).expect("a valid stream");
-        StreamState::new(id, definitions.streams[0].clone())
-    }
 }
 
 #[cfg(test)]
@@ -1765,34 +1066,6 @@ mod tests {
             }
         }
         assert_eq!(super::dedup_hash(1, "t-1"), PINNED);
-    }
-
-    /// An entity's chunks come in key order (a sorted run refuses anything else) and hold
-    /// every row once, however its LSNs and times are shuffled.
-    #[test]
-    fn chunks_come_in_key_order_with_every_row() {
-        let stream = super::StreamState::for_test(3, "int");
-        let mut page = super::page::Page::new(1);
-        let rows = 3 * super::chunk::CHUNK_ROWS_MAX + 17;
-        // Times in order, LSNs the other way (events that arrived latest first): the
-        // chunks' first LSNs fall as their time ranges rise.
-        for row in 0..rows as u64 {
-            page.push(row as i64, rows as u64 - row, &[Some(row)]);
-        }
-        let mut keys = Vec::new();
-        let mut seen = 0;
-        super::for_each_chunk(&stream, "e", &page, 0..page.len(), |key, chunk| {
-            seen += chunk.range.len();
-            keys.push(key);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen, rows);
-        assert_eq!(keys.len(), rows.div_ceil(super::chunk::CHUNK_ROWS_MAX));
-        assert!(
-            keys.windows(2).all(|pair| pair[0] < pair[1]),
-            "keys in order"
-        );
     }
 
     const PINNED: u128 = 0x4d9a551b_415505b7_ca0d2aae_5f32f675;

@@ -46,7 +46,8 @@ use fsdb_storage::log::Scan;
 use fsdb_storage::state::{FinishedRun, Table};
 use hashbrown::HashTable;
 
-use super::{Inner, StreamState, chunk, chunk_key, chunks_in_key_order, dedup_hash, pack_ids};
+use super::checkpoint::{chunk_key, chunks_in_key_order, pack_ids};
+use super::{Inner, StreamState, chunk, dedup_hash};
 use crate::error::{Error, Result};
 use crate::event::wire::{self, Entry, EventHead};
 use crate::event::{LogEntryBorrowed, ValueBorrowed};
@@ -787,7 +788,7 @@ fn read_batches(
 
 #[cfg(test)]
 mod tests {
-    use super::super::entity_prefix;
+    use super::super::stream::entity_prefix;
     use super::*;
 
     /// Names are told apart by their bytes, not their hash: names of one hash get numbers of
