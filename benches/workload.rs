@@ -7,8 +7,9 @@
 //! threads, and gives the same-events peer as many writers (default [`WRITERS_DEFAULT`]).
 //! (`benches/interleave.sh`'s `PATTERN` argument reads any line of the report.)
 //! Reports: durable ingest (ack after fsync, batches of 1,000, 12 features) against RocksDB
-//! synced 1,000-put batches, of the same events keyed by entity and time and of RocksDB's
-//! best case (sequential keys), in [`INGEST_ROUNDS`] interleaved rounds (the medians, and
+//! synced 1,000-put batches, of the same events keyed by entity and time (from as many
+//! writers as fsdb's appenders, and from one) and of RocksDB's best case (sequential
+//! keys), in [`INGEST_ROUNDS`] interleaved rounds (the medians, and
 //! each round's rates and ratio); `latest` and `as_of` p50/p99 for one entity and 12 features;
 //! `latest` while current events keep arriving for the same entities; `as_of` for a hot
 //! entity with 36k events inside a 1 h window; full replay of the log (the median of
@@ -219,18 +220,18 @@ fn rocksdb_synced_batches(dir: &Path, puts: u64) -> Duration {
     start.elapsed()
 }
 
-/// The peer storing the same events as fsdb, from as many writer threads as fsdb has
-/// appenders (RocksDB groups concurrent writers' commits too): synced write batches of
-/// 1,000 puts, each event under the key a per-entity event store would give it (stream,
-/// entity, time, arrival number) with the event's log record as the value. The batches
-/// are filled before the clock starts: only their writes are timed.
+/// The peer storing the same events as fsdb, from `writers` threads (as many as fsdb has
+/// appenders: RocksDB groups concurrent writers' commits too; or one): synced write
+/// batches of 1,000 puts, each event under the key a per-entity event store would give it
+/// (stream, entity, time, arrival number) with the event's log record as the value. The
+/// batches are filled before the clock starts: only their writes are timed.
 fn rocksdb_same_events(
     dir: &Path,
     events: impl Iterator<Item = (workload::Stream, Event)>,
+    writers: usize,
 ) -> (u64, Duration) {
     let (db, write) = open_peer(dir);
     // Batch i goes to writer i % writers, as fsdb's appenders take theirs.
-    let writers = writers();
     let mut by_writer: Vec<Vec<rocksdb::WriteBatch>> = (0..writers).map(|_| Vec::new()).collect();
     let mut puts = 0u64;
     let mut events = events.peekable();
@@ -276,6 +277,9 @@ struct IngestRound {
     took: Duration,
     /// The same events in RocksDB ([`rocksdb_same_events`]): puts, and their time.
     same: (u64, Duration),
+    /// The same from one writer, the peer as DESIGN §5 measured it (`None` when the
+    /// benchmark's writers are one already).
+    same_one_writer: Option<(u64, Duration)>,
     /// RocksDB's best case ([`rocksdb_synced_batches`]).
     best: (u64, Duration),
 }
@@ -292,6 +296,11 @@ impl IngestRound {
     fn best_rate(&self) -> f64 {
         self.best.0 as f64 / self.best.1.as_secs_f64()
     }
+
+    fn same_one_writer_rate(&self) -> f64 {
+        let (puts, took) = self.same_one_writer.expect("measured");
+        puts as f64 / took.as_secs_f64()
+    }
 }
 
 /// One ingest round: the peers store the first half of the events (each peer into a
@@ -304,22 +313,35 @@ fn ingest_round(
     fsdb: impl FnOnce() -> (u64, Duration),
 ) -> IngestRound {
     let half = spec.events / 2;
-    let best_first = rocksdb_synced_batches(&dir.join("peer-1"), half);
-    let same_first = rocksdb_same_events(&dir.join("same-1"), spec.generator().take(half as usize));
+    let writers = writers();
+    // Each peer stores one half of the events into a directory named by peer and half.
+    let peers = |half_number: usize, events: &dyn Fn() -> Box<dyn Iterator<Item = _>>| {
+        let best = rocksdb_synced_batches(&dir.join(format!("best-{half_number}")), half);
+        let same = rocksdb_same_events(&dir.join(format!("same-{half_number}")), events(), writers);
+        let one = (writers > 1)
+            .then(|| rocksdb_same_events(&dir.join(format!("one-{half_number}")), events(), 1));
+        (best, same, one)
+    };
+    let first = peers(1, &|| Box::new(spec.generator().take(half as usize)));
     return_freed_memory();
     let (accepted, took) = fsdb();
-    let best_second = rocksdb_synced_batches(&dir.join("peer-2"), half);
-    let same_second =
-        rocksdb_same_events(&dir.join("same-2"), spec.generator().skip(half as usize));
-    for peer in ["peer-1", "same-1", "peer-2", "same-2"] {
-        std::fs::remove_dir_all(dir.join(peer)).unwrap();
+    let second = peers(2, &|| Box::new(spec.generator().skip(half as usize)));
+    for peer in ["best", "same", "one"] {
+        for half_number in 1..=2 {
+            let peer_dir = dir.join(format!("{peer}-{half_number}"));
+            if peer_dir.exists() {
+                std::fs::remove_dir_all(peer_dir).unwrap();
+            }
+        }
     }
     return_freed_memory();
+    let sum = |a: (u64, Duration), b: (u64, Duration)| (a.0 + b.0, a.1 + b.1);
     IngestRound {
         accepted,
         took,
-        same: (same_first.0 + same_second.0, same_first.1 + same_second.1),
-        best: (2 * half, best_first + best_second),
+        same: sum(first.1, second.1),
+        same_one_writer: first.2.zip(second.2).map(|(a, b)| sum(a, b)),
+        best: (2 * half, first.0 + second.0),
     }
 }
 
@@ -442,7 +464,15 @@ fn main() {
             "sequential keys, 60-byte values (its best case), 1 writer".to_owned(),
             IngestRound::best_rate,
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(rounds[0].same_one_writer.is_some().then(|| {
+        (
+            "the same events, 1 writer (the peer of DESIGN §5's ≈400 k/s on the first sessions' machine)"
+                .to_owned(),
+            IngestRound::same_one_writer_rate as fn(&IngestRound) -> f64,
+        )
+    })) {
         let ratios: Vec<f64> = rounds.iter().map(|r| r.fsdb_rate() / rate(r)).collect();
         let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!(
