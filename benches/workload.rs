@@ -277,8 +277,8 @@ struct IngestRound {
     took: Duration,
     /// The same events in RocksDB ([`rocksdb_same_events`]): puts, and their time.
     same: (u64, Duration),
-    /// The same from one writer, the peer as DESIGN §5 measured it (`None` when the
-    /// benchmark's writers are one already).
+    /// The same from one writer (`None` when the benchmark's writers are one already):
+    /// DESIGN §5 does not say how many writers its peer had.
     same_one_writer: Option<(u64, Duration)>,
     /// RocksDB's best case ([`rocksdb_synced_batches`]).
     best: (u64, Duration),
