@@ -314,18 +314,20 @@ fn ingest_round(
 ) -> IngestRound {
     let half = spec.events / 2;
     let writers = writers();
-    // Each peer stores one half of the events into a directory named by peer and half.
-    let peers = |half_number: usize, events: &dyn Fn() -> Box<dyn Iterator<Item = _>>| {
+    // Each peer stores one half of the events (those past the first `skip`, at most
+    // `take`) into a directory named by peer and half.
+    let peers = |half_number: usize, skip: usize, take: usize| {
+        let events = || spec.generator().skip(skip).take(take);
         let best = rocksdb_synced_batches(&dir.join(format!("best-{half_number}")), half);
         let same = rocksdb_same_events(&dir.join(format!("same-{half_number}")), events(), writers);
         let one = (writers > 1)
             .then(|| rocksdb_same_events(&dir.join(format!("one-{half_number}")), events(), 1));
         (best, same, one)
     };
-    let first = peers(1, &|| Box::new(spec.generator().take(half as usize)));
+    let first = peers(1, 0, half as usize);
     return_freed_memory();
     let (accepted, took) = fsdb();
-    let second = peers(2, &|| Box::new(spec.generator().skip(half as usize)));
+    let second = peers(2, half as usize, usize::MAX);
     for peer in ["best", "same", "one"] {
         for half_number in 1..=2 {
             let peer_dir = dir.join(format!("{peer}-{half_number}"));
@@ -468,8 +470,7 @@ fn main() {
     .into_iter()
     .chain(rounds[0].same_one_writer.is_some().then(|| {
         (
-            "the same events, 1 writer (the peer of DESIGN §5's ≈400 k/s on the first sessions' machine)"
-                .to_owned(),
+            "the same events, 1 writer".to_owned(),
             IngestRound::same_one_writer_rate as fn(&IngestRound) -> f64,
         )
     })) {
